@@ -1,0 +1,1 @@
+"""Data: cards, loaders (BraTS, ADNI), synthetic generators (phantoms, cohort) and modality masks."""
