@@ -1,0 +1,551 @@
+"""Batch experiments: run a parameterised notebook with papermill, sweep a grid of runs, collect the results.
+
+A notebook's cell tagged ``parameters`` (papermill's convention) is its interface: the names, defaults, type
+annotations and ``# help`` comments found there (read with ``ast``, which unlike papermill's line parser never
+drops a line silently) are what :func:`check_parameters` validates against, before anything executes. A
+parameter's type is its annotation (``size: int = 32``) or else the type of its literal default; a default
+of ``None`` without an annotation accepts anything.
+
+``run_notebook(nb, out_dir, parameters)`` writes::
+
+    out_dir/<notebook name>.ipynb   the executed notebook, outputs included
+    out_dir/run/                    the run directory, passed as the notebook's ``run_dir`` parameter
+
+``sweep(spec)`` runs a grid (notebook x parameters x seeds) and writes under its output folder::
+
+    <out>/<run name>/               one folder per run, laid out as above, plus
+        done.json                   written atomically when the run finished: the run is skipped next time
+        error.json                  the error of a failed run: it is reported and retried on the next call
+    <out>/results.csv, results.json one row per run: notebook, run, parameters, seed, status, seconds,
+                                    error, and the scalar fields of its metrics.json as ``metrics.<key>``
+
+A sweep spec (YAML file or dict); relative notebook paths are relative to the spec file's folder::
+
+    name: strategies                # optional, default: the file's stem
+    out: runs/sweeps/strategies     # optional, relative to the current folder; default runs/sweeps/<name>
+    seeds: [0, 1, 2]                # optional; each seed is passed as the parameter named by seed_parameter
+    seed_parameter: seed            # optional
+    timeout: 3600                   # optional, seconds per cell
+    runs:
+      - notebook: ../01_brats_mckd.ipynb
+        parameters: {size: 32}      # fixed values
+        grid: {method: [none, mckd]} # every combination of these lists (cartesian product)
+        seeds: [0]                  # optional, overrides the top-level seeds for this entry
+
+Command line (also reachable through ``mckd-lab run`` / ``mckd-lab sweep``)::
+
+    python -m mckd_lab.experiments run NOTEBOOK --out DIR [-p NAME VALUE]...
+    python -m mckd_lab.experiments sweep SPEC.yaml [--workers N] [--out DIR]
+    python -m mckd_lab.experiments strip notebooks/*.ipynb [--check]
+
+papermill (and through it jupyter_client) is imported inside the functions that execute notebooks, so
+importing this module stays light and free of Jupyter.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import itertools
+import json
+import math
+import multiprocessing
+import os
+import sys
+import time
+import traceback
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+RUN_DIR = "run_dir"
+SPEC_KEYS = {"name", "out", "seeds", "seed_parameter", "timeout", "runs"}
+RUN_KEYS = {"notebook", "parameters", "grid", "seeds"}
+_TYPES = {"int": int, "float": float, "str": str, "bool": bool, "list": list, "dict": dict, "tuple": list}
+
+
+class ParameterError(ValueError):
+    """A parameter a notebook does not have, or a value of the wrong type."""
+
+
+class NotebookError(RuntimeError):
+    """A notebook raised while executing; ``executed`` is the executed copy holding the traceback."""
+
+    def __init__(self, message: str, executed: Path):
+        super().__init__(message)
+        self.executed = executed
+
+
+# ---------------------------------------------------------------------------------------------- parameters
+@dataclass(frozen=True)
+class Parameter:
+    """One entry of a notebook's ``parameters`` cell. ``types`` is None when any value is accepted."""
+
+    name: str
+    default: Any
+    types: tuple[type, ...] | None
+    help: str = ""
+
+    def describe(self) -> str:
+        kind = "any" if self.types is None else " | ".join(t.__name__ for t in self.types)
+        return f"{self.name}: {kind} = {self.default!r}" + (f"  ({self.help})" if self.help else "")
+
+    def accepts(self, value: Any) -> bool:
+        if self.types is None or (value is None and type(None) in self.types):
+            return True
+        if isinstance(value, bool):  # bool is an int to Python, never to a notebook parameter
+            return bool in self.types
+        if isinstance(value, int) and float in self.types:
+            return True
+        return isinstance(value, tuple(t for t in self.types if t is not type(None)))
+
+
+def _annotation_types(node: ast.expr) -> tuple[type, ...] | None:
+    """``int`` -> (int,); ``str | None`` and ``Optional[str]`` -> (str, NoneType); unknown -> None (any)."""
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitOr):
+        left, right = _annotation_types(node.left), _annotation_types(node.right)
+        return None if left is None or right is None else left + right
+    if isinstance(node, ast.Constant) and node.value is None:
+        return (type(None),)
+    if isinstance(node, ast.Subscript) and isinstance(node.value, ast.Name) and node.value.id == "Optional":
+        inner = _annotation_types(node.slice)
+        return None if inner is None else inner + (type(None),)
+    if isinstance(node, ast.Subscript):
+        node = node.value
+    kind = _TYPES.get(node.id) if isinstance(node, ast.Name) else None
+    return None if kind is None else (kind,)
+
+
+def parse_parameters_cell(source: str) -> dict[str, Parameter]:
+    """The ``name = default`` / ``name: type = default  # help`` lines of a parameters cell, in order.
+
+    A default that is not a Python literal is kept as its source text and accepts any value.
+    """
+    lines = source.splitlines()
+    found = {}
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            name, annotation = node.targets[0].id, None
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.value is not None:
+            name, annotation = node.target.id, node.annotation
+        else:
+            continue
+        text = ast.get_source_segment(source, node.value)
+        try:
+            default, literal = ast.literal_eval(node.value), True
+        except ValueError:
+            default, literal = text, False
+        if annotation is not None:
+            types = _annotation_types(annotation)
+        elif literal and default is not None:
+            types = (list,) if isinstance(default, tuple) else (type(default),)
+        else:
+            types = None
+        tail = lines[node.end_lineno - 1][node.end_col_offset :].strip()
+        found[name] = Parameter(name, default, types, tail[1:].strip() if tail.startswith("#") else "")
+    return found
+
+
+def notebook_parameters(notebook: str | Path) -> dict[str, Parameter]:
+    """The parameters declared in the cell tagged ``parameters`` of ``notebook``, in cell order."""
+    import nbformat
+
+    notebook = Path(notebook)
+    if not notebook.is_file():
+        raise FileNotFoundError(f"notebook {notebook} does not exist")
+    nb = nbformat.read(notebook, as_version=4)
+    cells = [c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
+    if not cells:
+        raise ParameterError(
+            f"{notebook} has no cell tagged 'parameters'; tag the cell that holds its defaults "
+            "(JupyterLab: property inspector > cell tags) so papermill can inject values"
+        )
+    try:
+        return parse_parameters_cell(cells[0].source)
+    except SyntaxError as err:
+        raise ParameterError(f"{notebook}: the parameters cell is not valid Python: {err}") from None
+
+
+def check_parameters(
+    notebook: str | Path | dict[str, Parameter], parameters: dict[str, Any] | None, *, where: str = ""
+) -> dict[str, Any]:
+    """Validate ``parameters`` against a notebook's parameters cell (a path, or its `notebook_parameters`).
+
+    Returns a clean copy (``Path`` values as strings, tuples as lists). Raises `ParameterError` naming the
+    parameter, the value and the allowed names/types. Nothing is executed.
+    """
+    where = where or ("the notebook" if isinstance(notebook, dict) else str(notebook))
+    declared = notebook if isinstance(notebook, dict) else notebook_parameters(notebook)
+    allowed = "\n  ".join(p.describe() for p in declared.values())
+    clean = {}
+    for name, value in (parameters or {}).items():
+        if name not in declared:
+            raise ParameterError(f"{where} has no parameter {name!r}; its parameters are:\n  {allowed}")
+        value = str(value) if isinstance(value, Path) else list(value) if isinstance(value, tuple) else value
+        param = declared[name]
+        if not param.accepts(value):
+            raise ParameterError(
+                f"parameter {name!r} of {where} must be {' | '.join(t.__name__ for t in param.types)} "
+                f"(default {param.default!r}), got {type(value).__name__} {value!r}"
+            )
+        clean[name] = value
+    return clean
+
+
+def parse_parameter_text(notebook: str | Path, pairs: list[tuple[str, str]]) -> dict[str, Any]:
+    """Turn command-line ``-p NAME VALUE`` pairs into typed values: the text itself for a str parameter,
+    else a Python literal (``3``, ``1e-2``, ``[1, 2]``) or YAML (``true``, ``null``)."""
+    declared = notebook_parameters(notebook)
+    values = {}
+    for name, text in pairs:
+        param = declared.get(name)
+        if param is not None and param.types is not None and str in param.types:
+            values[name] = text
+            continue
+        try:
+            values[name] = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            values[name] = yaml.safe_load(text)
+    return check_parameters(declared, values, where=str(notebook))
+
+
+# ---------------------------------------------------------------------------------------------- one run
+def run_notebook(
+    notebook: str | Path,
+    out_dir: str | Path,
+    parameters: dict[str, Any] | None = None,
+    *,
+    kernel_name: str | None = None,
+    timeout: float | None = None,
+    progress: bool = False,
+    log_output: bool = False,
+) -> Path:
+    """Execute ``notebook`` with papermill into ``out_dir``; returns the executed notebook's path.
+
+    Parameters are validated first (`check_parameters`). If the notebook declares ``run_dir`` and no value
+    is given, it is set to ``out_dir/run`` (absolute). The kernel runs in the notebook's folder, as in
+    JupyterLab. ``kernel_name`` defaults to the notebook's own (``python3``: this interpreter). ``timeout``
+    is seconds per cell. A failing notebook raises `NotebookError`; its executed copy keeps the traceback.
+    """
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    notebook, out_dir = Path(notebook), Path(out_dir)
+    declared = notebook_parameters(notebook)
+    params = check_parameters(declared, parameters, where=str(notebook))
+    if RUN_DIR in declared and RUN_DIR not in params:
+        params[RUN_DIR] = str((out_dir / "run").resolve())
+    out_dir.mkdir(parents=True, exist_ok=True)
+    executed = out_dir / notebook.name
+    try:
+        papermill.execute_notebook(
+            str(notebook),
+            str(executed),
+            parameters=params,
+            kernel_name=kernel_name,
+            cwd=str(notebook.resolve().parent),
+            progress_bar=progress,
+            log_output=log_output,
+            execution_timeout=timeout,
+        )
+    except PapermillExecutionError as err:
+        raise NotebookError(
+            f"{notebook.name} failed in cell {err.exec_count}: {err.ename}: {err.evalue}\n"
+            f"the executed notebook with the full traceback is {executed}",
+            executed,
+        ) from None
+    return executed
+
+
+# ---------------------------------------------------------------------------------------------- sweeps
+@dataclass(frozen=True)
+class Run:
+    """One run of a sweep: a notebook and its full parameter set (seed included)."""
+
+    name: str
+    notebook: Path
+    parameters: dict[str, Any]
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class Sweep:
+    name: str
+    out: Path
+    runs: list[Run]
+    timeout: float | None = None
+    seed_parameter: str = "seed"
+
+
+def _slug(value: Any) -> str:
+    text = json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+    return "".join(c if c.isalnum() or c in "-_.+" else "-" for c in text)
+
+
+def _unknown(keys, allowed, where):
+    if extra := set(keys) - allowed:
+        raise ValueError(f"{where}: unknown key(s) {sorted(extra)}; allowed: {sorted(allowed)}")
+
+
+def load_spec(spec: str | Path | dict, out_dir: str | Path | None = None) -> Sweep:
+    """Read and expand a sweep spec (see the module docstring); every run's parameters are validated here,
+    before anything executes."""
+    if isinstance(spec, dict):
+        where, base, raw = "sweep spec", Path.cwd(), spec
+        default_name = "sweep"
+    else:
+        path = Path(spec)
+        if not path.is_file():
+            raise FileNotFoundError(f"sweep spec {path} does not exist")
+        where, base, raw = str(path), path.resolve().parent, yaml.safe_load(path.read_text()) or {}
+        default_name = path.stem
+    _unknown(raw, SPEC_KEYS, where)
+    if not raw.get("runs"):
+        raise ValueError(f"{where}: 'runs' must list at least one entry with a 'notebook'")
+    name = raw.get("name", default_name)
+    seed_parameter = raw.get("seed_parameter", "seed")
+    runs: dict[str, Run] = {}
+    for i, entry in enumerate(raw["runs"]):
+        here = f"{where}: runs[{i}]"
+        _unknown(entry, RUN_KEYS, here)
+        if "notebook" not in entry:
+            raise ValueError(f"{here} has no 'notebook'")
+        notebook = (base / entry["notebook"]).resolve()
+        declared = notebook_parameters(notebook)
+        where_nb = f"{here} ({notebook.name})"
+        grid = entry.get("grid") or {}
+        if RUN_DIR in grid or RUN_DIR in (entry.get("parameters") or {}):
+            raise ValueError(f"{here}: {RUN_DIR!r} is set by the sweep (one folder per run); remove it")
+        for key, values in grid.items():
+            if not isinstance(values, list) or not values:
+                raise ValueError(f"{here}: grid[{key!r}] must be a non-empty list, got {values!r}")
+        seeds = entry.get("seeds", raw.get("seeds", [None]))
+        for combo in itertools.product(*grid.values()):
+            for seed in seeds:
+                params = {**(entry.get("parameters") or {}), **dict(zip(grid, combo, strict=True))}
+                if seed is not None:
+                    params[seed_parameter] = seed
+                params = check_parameters(declared, params, where=where_nb)
+                label = [notebook.stem] + [f"{k}={_slug(v)}" for k, v in zip(grid, combo, strict=True)]
+                label += [] if seed is None else [f"seed={seed}"]
+                run_name = "__".join(label)
+                if run_name in runs:
+                    raise ValueError(
+                        f"{here}: two runs are both named {run_name!r}; make the grid entries differ"
+                    )
+                runs[run_name] = Run(run_name, notebook, params, seed)
+    out = Path(out_dir or raw.get("out") or Path("runs") / "sweeps" / name)
+    return Sweep(name, out, list(runs.values()), raw.get("timeout"), seed_parameter)
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON through a temporary file and a rename, so a reader never sees half a file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+def flatten(data: dict, prefix: str = "") -> dict[str, Any]:
+    """Scalar leaves of nested dicts as ``{"a.b": value}``; lists (tables, curves) are left out."""
+    flat = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        elif value is None or isinstance(value, (bool, int, float, str)):
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _execute(run: Run, folder: Path, timeout: float | None, threads: int | None) -> dict:
+    """Run one sweep entry; never raises for a notebook failure (the pool must go on)."""
+    if threads:  # a kernel inherits this process's environment: share the cores between workers
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ.setdefault(var, str(threads))
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "error.json").unlink(missing_ok=True)
+    record = {"run": run.name, "notebook": str(run.notebook), "parameters": run.parameters, "seed": run.seed}
+    start = time.perf_counter()
+    try:
+        run_notebook(run.notebook, folder, run.parameters, timeout=timeout)
+    except Exception as err:  # noqa: BLE001 - any failure of a run is recorded, reported and retried
+        error = f"{type(err).__name__}: {err}"
+        tb = "".join(traceback.format_exception(err))
+        write_json_atomic(folder / "error.json", {**record, "seconds": time.perf_counter() - start,
+                                                  "error": error, "traceback": tb})  # fmt: skip
+        return {"run": run.name, "status": "failed", "error": error}
+    write_json_atomic(folder / "done.json", {**record, "seconds": time.perf_counter() - start})
+    return {"run": run.name, "status": "done", "error": ""}
+
+
+def _row(run: Run, folder: Path, cached: bool) -> dict:
+    done, failed = folder / "done.json", folder / "error.json"
+    status_file = done if done.is_file() else failed if failed.is_file() else None
+    info = json.loads(status_file.read_text()) if status_file else {}
+    row = {
+        "run": run.name,
+        "notebook": run.notebook.name,
+        **{k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in run.parameters.items()},
+        "seed": run.seed,
+        "status": "done" if status_file == done else "failed" if status_file else "missing",
+        "cached": cached,
+        "seconds": info.get("seconds"),
+        "error": info.get("error", ""),
+    }
+    metrics = folder / "run" / "metrics.json"
+    if row["status"] == "done" and metrics.is_file():
+        row.update({f"metrics.{k}": v for k, v in flatten(json.loads(metrics.read_text())).items()})
+    return row
+
+
+def sweep(
+    spec: str | Path | dict, workers: int = 1, *, out_dir: str | Path | None = None, progress: bool = True
+):
+    """Run every run of ``spec`` not finished yet, ``workers`` at a time; return the results table.
+
+    Each worker is a separate process driving its own papermill kernel; with several workers each kernel
+    gets ``cpu_count // workers`` threads (unless OMP_NUM_THREADS is set). A run whose folder holds
+    ``done.json`` with the same parameters is skipped; a failed run writes ``error.json``, is reported on
+    stderr and runs again on the next call. Writes ``results.csv`` and ``results.json`` in the sweep's output
+    folder and returns the same table as a pandas DataFrame (one row per run, see the module docstring).
+    """
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    plan = load_spec(spec, out_dir)
+    plan.out.mkdir(parents=True, exist_ok=True)
+    folders = {run.name: plan.out / run.name for run in plan.runs}
+    pending, cached = [], set()
+    for run in plan.runs:
+        done = folders[run.name] / "done.json"
+        if done.is_file() and json.loads(done.read_text()).get("parameters") == run.parameters:
+            cached.add(run.name)
+        else:
+            if done.is_file():
+                print(
+                    f"sweep {plan.name}: {run.name} ran with other parameters; running it again",
+                    file=sys.stderr,
+                )
+                done.unlink()
+            pending.append(run)
+    threads = max(1, (os.cpu_count() or 1) // workers) if workers > 1 else None
+    failures = []
+    with tqdm(total=len(plan.runs), initial=len(cached), desc=f"sweep {plan.name}", unit="run",
+              disable=not progress) as bar:  # fmt: skip
+
+        def finished(result):
+            bar.update(1)
+            if result["status"] == "failed":
+                failures.append(result)
+                bar.write(f"FAILED {result['run']}: {result['error'].splitlines()[0]}", file=sys.stderr)
+            bar.set_postfix(failed=len(failures))
+
+        if workers <= 1:
+            for run in pending:
+                finished(_execute(run, folders[run.name], plan.timeout, None))
+        elif pending:
+            context = multiprocessing.get_context("spawn")  # no fork of a process that may hold threads
+            with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+                futures = [pool.submit(_execute, r, folders[r.name], plan.timeout, threads) for r in pending]
+                for future in as_completed(futures):
+                    finished(future.result())
+    rows = [_row(run, folders[run.name], run.name in cached) for run in plan.runs]
+    table = pd.DataFrame(rows)
+    table.to_csv(plan.out / "results.csv", index=False)
+    clean = [{k: None if isinstance(v, float) and math.isnan(v) else v for k, v in r.items()} for r in rows]
+    write_json_atomic(plan.out / "results.json", {"sweep": plan.name, "runs": clean})
+    if failures:
+        print(
+            f"sweep {plan.name}: {len(failures)} of {len(plan.runs)} runs failed (see error.json in each run "
+            f"folder under {plan.out}); call the sweep again to retry them",
+            file=sys.stderr,
+        )
+    return table
+
+
+def load_results(path: str | Path):
+    """The results table of a finished sweep: a sweep folder or its ``results.csv``, as a DataFrame."""
+    import pandas as pd
+
+    path = Path(path)
+    csv = path / "results.csv" if path.is_dir() else path
+    if not csv.is_file():
+        raise FileNotFoundError(f"no sweep results at {csv}; run `mckd-lab sweep SPEC.yaml` first")
+    return pd.read_csv(csv)
+
+
+# ---------------------------------------------------------------------------------------------- outputs
+def has_outputs(notebook: str | Path) -> bool:
+    """True if any cell of ``notebook`` carries outputs or an execution count."""
+    import nbformat
+
+    nb = nbformat.read(Path(notebook), as_version=4)
+    return any(c.cell_type == "code" and (c.outputs or c.execution_count) for c in nb.cells)
+
+
+def strip_outputs(notebook: str | Path) -> bool:
+    """Remove outputs, execution counts and execution metadata in place; returns True if the file changed."""
+    import nbformat
+
+    path = Path(notebook)
+    before = path.read_text()
+    nb = nbformat.read(path, as_version=4)
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            cell.outputs, cell.execution_count = [], None
+        for key in ("execution", "papermill", "collapsed", "scrolled"):
+            cell.metadata.pop(key, None)
+    for key in ("papermill", "widgets"):
+        nb.metadata.pop(key, None)
+    after = nbformat.writes(nb) + "\n"
+    if after != before:
+        path.write_text(after)
+    return after != before
+
+
+# ---------------------------------------------------------------------------------------------- command line
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m mckd_lab.experiments", description=__doc__.split("\n")[0]
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="execute a notebook with papermill")
+    run.add_argument("notebook", type=Path)
+    run.add_argument("--out", type=Path, required=True, help="folder for the executed notebook and run/")
+    run.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"))
+    run.add_argument("--timeout", type=float, default=None, help="seconds per cell")
+    sw = sub.add_parser("sweep", help="run a grid of notebook runs from a YAML spec")
+    sw.add_argument("spec", type=Path)
+    sw.add_argument("--workers", type=int, default=1)
+    sw.add_argument("--out", type=Path, default=None, help="output folder (default: the spec's 'out')")
+    st = sub.add_parser("strip", help="remove outputs from notebooks in place")
+    st.add_argument("notebooks", nargs="+", type=Path)
+    st.add_argument("--check", action="store_true", help="only report notebooks with outputs; exit 1 if any")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            params = parse_parameter_text(args.notebook, [tuple(p) for p in args.parameter])
+            print(run_notebook(args.notebook, args.out, params, timeout=args.timeout, progress=True))
+        elif args.command == "sweep":
+            table = sweep(args.spec, workers=args.workers, out_dir=args.out)
+            print(table.drop(columns=["error"]).to_string(index=False))
+            return int((table["status"] != "done").any())
+        else:
+            dirty = [nb for nb in args.notebooks if (has_outputs(nb) if args.check else strip_outputs(nb))]
+            for nb in dirty:
+                print(f"{nb}: {'has outputs' if args.check else 'stripped'}")
+            return int(args.check and bool(dirty))
+    except (ParameterError, NotebookError, FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
