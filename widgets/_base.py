@@ -1,0 +1,55 @@
+"""What every view shares: a static figure, a live widget built on first use, and the colours."""
+
+from __future__ import annotations
+
+import functools
+
+import ipywidgets as ipw
+import numpy as np
+import plotly.graph_objects as go
+
+# Regions in the paper's report order; colours stay the same in every view.
+REGION_COLOURS = {"ET": "#d62728", "TC": "#ff7f0e", "WT": "#2ca02c"}
+MODALITY_COLOURS = ("#1f77b4", "#9467bd", "#e377c2", "#17becf", "#8c564b", "#bcbd22", "#7f7f7f", "#2ca02c")
+
+
+def modality_colour(index: int) -> str:
+    return MODALITY_COLOURS[index % len(MODALITY_COLOURS)]
+
+
+class View:
+    """A view of mckd_lab objects.
+
+    ``figure()`` returns a static ``go.Figure`` of the current state (what a papermill-executed notebook
+    keeps); ``widget`` is the live ipywidgets box, built on first use; displaying the view shows the widget.
+    """
+
+    def figure(self) -> go.Figure:
+        raise NotImplementedError
+
+    def _build(self) -> ipw.Widget:
+        raise NotImplementedError
+
+    @functools.cached_property
+    def widget(self) -> ipw.Widget:
+        return self._build()
+
+    def _ipython_display_(self) -> None:
+        from IPython.display import display
+
+        display(self.widget)
+
+
+def sync_figure(live: go.FigureWidget, fresh: go.Figure) -> None:
+    """Copy ``fresh``'s traces and layout into ``live`` (same trace list) in one batched message."""
+    if len(live.data) != len(fresh.data):
+        raise ValueError(f"live figure has {len(live.data)} traces, the new state {len(fresh.data)}")
+    with live.batch_update():
+        for old, new in zip(live.data, fresh.data, strict=True):
+            old.update(new.to_plotly_json(), overwrite=True)
+        live.layout = fresh.layout
+
+
+def masked(mask: np.ndarray) -> np.ndarray:
+    """A boolean 2-D mask as heatmap values: 1 inside, NaN (drawn transparent) outside."""
+    return np.where(mask, 1.0, np.nan)

@@ -1,0 +1,99 @@
+"""The all-subsets table (``mckd_lab.evaluate.SubsetTable.to_dict()`` / ``metrics.json``) as a heatmap.
+
+A row per subset of present modalities (canonical order: singles first, full set last) plus the mean row, a
+column per region (report order), mean Dice in %. Choosing a row hands its presence mask to ``on_select``,
+e.g. ``ModalityDropExplorer.select`` so the viewer shows that subset.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import ipywidgets as ipw
+import numpy as np
+import plotly.graph_objects as go
+
+from ._base import View, sync_figure
+
+MEAN_ROW = "mean"
+
+
+def table_arrays(table: dict) -> tuple[list[str], list[str], np.ndarray]:
+    """``(row names incl. the mean row, regions, dice (S + 1, R) in %)`` from a table dict."""
+    regions = list(table["regions"])
+    rows = [*table["subsets"], {"subset": MEAN_ROW, **table["mean"]}]
+    dice = np.array([[100 * row["dice"][r] for r in regions] for row in rows])
+    return [row["subset"] for row in rows], regions, dice
+
+
+class SubsetTableView(View):
+    """Heatmap of the all-subsets Dice table; a row selector (and, live, a click on a row) chooses a subset.
+
+    Args:
+        table: the table dict (keys ``modalities``, ``regions``, ``subsets``, ``mean``; see evaluate.py).
+        on_select: called with the chosen row's presence mask (tuple of M bools, card order).
+    """
+
+    def __init__(self, table: dict, on_select: Callable[[tuple[bool, ...]], None] | None = None):
+        self.table, self.on_select = table, on_select
+        self.names, self.regions, self.dice = table_arrays(table)
+        self.modalities = list(table["modalities"])
+        self.selected = self.names[-2]  # the full set
+
+    def present(self, name: str) -> tuple[bool, ...]:
+        row = next(r for r in self.table["subsets"] if r["subset"] == name)
+        return tuple(bool(row["present"][m]) for m in self.modalities)
+
+    def figure(self) -> go.Figure:
+        marks = [
+            " ".join("●" if row["present"][m] else "○" for m in self.modalities)
+            for row in self.table["subsets"]
+        ] + [""]
+        fig = go.Figure(
+            go.Heatmap(
+                z=self.dice,
+                x=self.regions,
+                y=self.names,
+                text=np.round(self.dice, 1),
+                texttemplate="%{text}",
+                colorscale="Viridis",
+                zmin=0,
+                zmax=100,
+                colorbar={"title": "Dice %"},
+                customdata=np.array(marks)[:, None].repeat(len(self.regions), 1),
+                hovertemplate="%{y} (%{customdata})<br>%{x}: %{z:.2f}<extra></extra>",
+            )
+        )
+        row = self.names.index(self.selected)
+        fig.add_shape(
+            type="rect", x0=-0.5, x1=len(self.regions) - 0.5, y0=row - 0.5, y1=row + 0.5, line={"width": 3}
+        )
+        protocol = self.table.get("protocol", {})
+        fig.update_layout(
+            title=f"Mean Dice per subset ({', '.join(self.modalities)})"
+            + (f"<br><sup>{protocol.get('data', '')} {protocol.get('split', '')}</sup>" if protocol else ""),
+            yaxis={"autorange": "reversed", "title": None},
+            height=120 + 24 * len(self.names),
+            margin={"t": 70, "b": 30, "l": 150, "r": 20},
+        )
+        return fig
+
+    def select(self, name: str) -> None:
+        """Choose the subset row ``name`` (e.g. ``flair+t1ce``); its presence mask goes to ``on_select``."""
+        if name not in self.names[:-1]:
+            raise KeyError(f"no subset {name!r} in the table; subsets: {', '.join(self.names[:-1])}")
+        if "widget" in self.__dict__ and self._chooser.value != name:
+            self._chooser.value = name  # its observer calls back here
+            return
+        self.selected = name
+        if "widget" in self.__dict__:
+            sync_figure(self._live, self.figure())
+        if self.on_select is not None:
+            self.on_select(self.present(name))
+
+    def _build(self) -> ipw.Widget:
+        self._live = go.FigureWidget(self.figure())
+        self._chooser = ipw.Dropdown(options=self.names[:-1], value=self.selected, description="subset")
+        self._chooser.observe(lambda change: self.select(change["new"]), names="value")
+        self._live.data[0].on_click(lambda _trace, points, _state: points.ys and self.select(points.ys[0]))
+        return ipw.VBox([self._chooser, self._live])
