@@ -1,0 +1,1 @@
+"""The method: importance weights, mean filling, pairwise modality-weighted KD, the meta step, strategies."""

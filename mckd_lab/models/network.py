@@ -1,0 +1,192 @@
+"""The multi-modal network: encode each modality, fill missing bottlenecks, decode the concatenation.
+
+METHOD.md "Forward pass": (1) a missing modality's input is zeroed; (2) every modality is encoded (missing
+ones as zeros); (3) each missing bottleneck is replaced by the mean of the present ones, per sample (skips
+are not filled: a missing modality's skips stay the encoder's response to zeros); (4) the M bottlenecks are
+concatenated along channels, the skips per level, and decoded (segmentation: 3 sigmoid channels ET, WT, TC;
+classification: a head over the pooled bottlenecks).
+
+Inputs: ``image`` (B, M, D, H, W) volumes (one 1-channel volume per modality), or a dict {modality: (B, F_m)}
+for tabular groups (then one encoder per modality, each ending in the same width C). ``present`` (B, M) bool.
+
+The known hazard (METHOD.md): a zero input gives zero-variance instance norms whose backward scales gradients
+by ~1/sqrt(eps), which explodes to NaN in the reference network. ``encode(image, present)`` therefore still
+runs the encoder on every input (so the values are exactly the zero response), but detaches the outputs of
+missing (and of blank, all-zero) inputs: no gradient ever flows back into them, and training with modalities
+missing from the first step stays finite for every backbone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from mckd_lab.method.kd import fill_missing
+
+Image = torch.Tensor | dict[str, torch.Tensor]
+
+
+def _per_modality(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """(B, M) -> (B, M, 1, ..., 1) broadcastable against (B, M, ...)."""
+    return mask.view(*mask.shape, *([1] * (like.dim() - 2)))
+
+
+@dataclass
+class Encoded:
+    """Per-modality encoder outputs: bottleneck (B, M, C, *s); skips shallow to deep, (B, M, C_l, *s_l)."""
+
+    bottleneck: torch.Tensor
+    skips: list[torch.Tensor]
+
+    def where(self, present: torch.Tensor, other: Encoded) -> Encoded:
+        """Entries of ``self`` where ``present`` (B, M) is True, else those of ``other`` (batch B or 1).
+
+        ``model.encode(full).where(present, model.encode_zero(full))`` encodes a subset without re-encoding.
+        """
+
+        def pick(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+            return torch.where(_per_modality(present.bool(), a), a, b)
+
+        return Encoded(
+            pick(self.bottleneck, other.bottleneck),
+            [pick(a, b) for a, b in zip(self.skips, other.skips, strict=True)],
+        )
+
+
+@dataclass
+class ModelOutput:
+    """logits (B, 3, D, H, W) or (B, K); features (B, M, C, *s) bottlenecks before filling; filled: after."""
+
+    logits: torch.Tensor
+    features: torch.Tensor
+    filled: torch.Tensor
+
+
+class MultiModalNet(nn.Module):
+    """Shared (one encoder for all image modalities, the reference) or separate encoders + a fusion head.
+
+    Args:
+        encoders: one module (shared) or M modules, each ``x (N, C_in, ...) -> (bottleneck, skips)``.
+        head: ``(bottleneck (B, M*C, *s), skips [(B, M*C_l, *s_l)]) -> logits``.
+        modalities: the M modality names, card order.
+    """
+
+    def __init__(self, encoders: Sequence[nn.Module], head: nn.Module, modalities: Sequence[str]):
+        super().__init__()
+        self.modalities = tuple(modalities)
+        if len(encoders) not in (1, len(self.modalities)):
+            raise ValueError(
+                f"give 1 shared encoder or one per modality ({len(self.modalities)}), got {len(encoders)}"
+            )
+        self.encoders = nn.ModuleList(encoders)
+        self.head = head
+
+    @property
+    def shared(self) -> bool:
+        return len(self.encoders) == 1
+
+    def _run_encoders(self, image: Image) -> Encoded:
+        if isinstance(image, dict):
+            if self.shared and len(self.modalities) > 1:
+                raise ValueError(
+                    "tabular inputs (a dict per modality) need one encoder per modality, not a shared one"
+                )
+            outs = [
+                enc(image[name])
+                for enc, name in zip(self._per_modality_encoders(), self.modalities, strict=True)
+            ]
+        elif self.shared:
+            b, m = image.shape[:2]
+            bottleneck, skips = self.encoders[0](image.reshape(b * m, 1, *image.shape[2:]))
+            unflat = [t.view(b, m, *t.shape[1:]) for t in (bottleneck, *skips)]
+            return Encoded(unflat[0], unflat[1:])
+        else:
+            outs = [enc(image[:, i : i + 1]) for i, enc in enumerate(self.encoders)]
+        return Encoded(
+            torch.stack([b for b, _ in outs], 1),
+            [torch.stack(level, 1) for level in zip(*(s for _, s in outs), strict=True)],
+        )
+
+    def _per_modality_encoders(self) -> list[nn.Module]:
+        return list(self.encoders) * (len(self.modalities) if self.shared else 1)
+
+    def encode(self, image: Image, present: torch.Tensor | None = None) -> Encoded:
+        """Encode every modality as given. With ``present`` (B, M) and autograd on, the outputs of missing or
+        blank inputs are detached (see the module docstring: the zero-variance hazard)."""
+        enc = self._run_encoders(image)
+        if present is None or not torch.is_grad_enabled():
+            return enc
+        trainable = present.bool() & ~self.blank(image)
+        return enc.where(trainable, Encoded(enc.bottleneck.detach(), [s.detach() for s in enc.skips]))
+
+    def encode_zero(self, like: Image) -> Encoded:
+        """The encoder's response to all-zero inputs, shaped like ``encode(like)`` (computed once)."""
+        if isinstance(like, dict):
+            zero = {k: torch.zeros_like(v[:1]) for k, v in like.items()}
+            batch = next(iter(like.values())).shape[0]
+        else:
+            zero, batch = torch.zeros_like(like[:1]), like.shape[0]
+        enc = self._run_encoders(zero)
+        return Encoded(
+            enc.bottleneck.expand(batch, *enc.bottleneck.shape[1:]),
+            [s.expand(batch, *s.shape[1:]) for s in enc.skips],
+        )
+
+    def decode(self, enc: Encoded, present: torch.Tensor, scale: torch.Tensor | None = None) -> ModelOutput:
+        """Fill the missing bottlenecks (mean of the present ones, per sample) and decode.
+
+        ``scale`` (M,), optional: multiply each modality's (filled) bottleneck by it (the meta step's w_m).
+        """
+        filled = fill_missing(enc.bottleneck, present)
+        fused = filled if scale is None else filled * scale.view(1, -1, *([1] * (filled.dim() - 2)))
+        logits = self.head(fused.flatten(1, 2), [s.flatten(1, 2) for s in enc.skips])
+        return ModelOutput(logits=logits, features=enc.bottleneck, filled=filled)
+
+    def forward(self, image: Image, present: torch.Tensor) -> ModelOutput:
+        """Zero the missing inputs, encode, fill, decode. image (B, M, D, H, W) or dict; present (B, M)."""
+        return self.decode(self.encode(self.zero_missing(image, present), present), present)
+
+    def zero_missing(self, image: Image, present: torch.Tensor) -> Image:
+        """Set each missing modality's input to zero (METHOD.md step 1)."""
+        if isinstance(image, dict):
+            return {
+                k: v * present[:, i].view(-1, *([1] * (v.dim() - 1))).to(v.dtype)
+                for i, (k, v) in enumerate(image.items())
+            }
+        return image * _per_modality(present, image).to(image.dtype)
+
+    def blank(self, image: Image) -> torch.Tensor:
+        """(B, M) bool: True where a modality's input is all zeros (missing, or an empty crop)."""
+        if isinstance(image, dict):
+            return torch.stack([image[k].flatten(1).abs().amax(1) == 0 for k in self.modalities], 1)
+        return image.flatten(2).abs().amax(2) == 0
+
+
+def build_segmentation_network(
+    modalities: Sequence[str],
+    backbone: str = "compact",
+    channels: Sequence[int] = (16, 32, 64),
+    shared_encoder: bool = True,
+    out_channels: int = 3,
+) -> MultiModalNet:
+    """A segmentation network for 1-channel volumes per modality.
+
+    backbone: ``compact`` (MONAI blocks, widths ``channels``) or ``reference`` (ResNet-50 + ASPP, METHOD.md;
+    ``channels`` unused). shared_encoder: one encoder for every modality (the reference) or one each.
+    """
+    from mckd_lab.models.compact import CompactEncoder, compact_decoder
+    from mckd_lab.models.reference import ReferenceEncoder, reference_decoder
+
+    m = len(modalities)
+    if backbone == "compact":
+        encoders = [CompactEncoder(1, channels) for _ in range(1 if shared_encoder else m)]
+        head = compact_decoder(m, encoders[0], out_channels)
+    elif backbone == "reference":
+        encoders = [ReferenceEncoder(1) for _ in range(1 if shared_encoder else m)]
+        head = reference_decoder(m, out_channels)
+    else:
+        raise ValueError(f"unknown backbone {backbone!r}; choose 'compact' or 'reference'")
+    return MultiModalNet(encoders, head, modalities)
