@@ -1,0 +1,214 @@
+"""Modality drop explorer: tick the modalities present, see what the network predicts and what it loses.
+
+The case is encoded once (``model.encode`` of every modality and ``model.encode_zero``, the response to a
+missing one); each toggle only decodes: ``model.decode(encoded.where(present, zero), present)``, which equals
+``model(image * present, present)`` (missing inputs zeroed, their bottlenecks filled with the mean of the
+present ones, their skips the zero response) at the cost of one decoder pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import ipywidgets as ipw
+import numpy as np
+import plotly.graph_objects as go
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mckd_lab.data.cards import Card, load_card
+from mckd_lab.evaluate import dice
+from mckd_lab.infer import THRESHOLD, probabilities
+
+from ._base import View, sync_figure
+from .viewer import SegmentationViewer
+
+# Output stride of a backbone without a ``stride`` attribute (the reference: D/16, H/32, W/32).
+DEFAULT_STRIDE = 32
+
+
+class ModalityDropExplorer(View):
+    """A checkbox per modality; each toggle re-runs the decoder on the cached encodings of one case.
+
+    Args:
+        model: a network of the model contract (``encode``, ``encode_zero``, ``decode``), in eval mode.
+        image: segmentation: (M, D, H, W) float, e.g. ``Case.image`` (any size: padded for the network and
+            cropped back); classification: {modality: (F_m,)} float features of one subject.
+        target: segmentation: (R, D, H, W) region masks in card channel order (ET, WT, TC); classification:
+            the class id. Optional: without it no Dice / true class is shown.
+        available: (M,) bools, the modalities the case has (default all); the others cannot be ticked.
+        card: the data card naming modalities, regions and classes (default ``brats``).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        image: np.ndarray | Mapping[str, np.ndarray],
+        target: np.ndarray | int | None = None,
+        available: Sequence[bool] | None = None,
+        card: Card | None = None,
+        title: str = "",
+    ):
+        self.card = card or load_card("brats")
+        self.names = self.card.modality_names
+        if tuple(model.modalities) != self.names:
+            raise ValueError(
+                f"the model's modalities {model.modalities} differ from card {self.card.name!r}'s"
+            )
+        self.model = model.eval()
+        self.classification = isinstance(image, Mapping)
+        self.target, self.title = target, title
+        self.available = tuple(
+            bool(a) for a in (available if available is not None else [True] * len(self.names))
+        )
+        self.present = self.available
+        with torch.inference_mode():
+            x = self._batch(image)
+            self.encoded, self.zero = model.encode(x), model.encode_zero(x)
+        self.full = self.predict(self.available)
+        self.probabilities = self.full
+        if not self.classification:
+            self.viewer = SegmentationViewer(
+                image, self.names, self.card.region_names, target, self.full > THRESHOLD, title=title
+            )
+
+    def _batch(self, image) -> torch.Tensor | dict[str, torch.Tensor]:
+        """One-sample batch on the model's device; volumes zero-padded to a multiple of the output stride."""
+        device = next(self.model.parameters()).device
+        if self.classification:
+            return {
+                m: torch.as_tensor(np.asarray(image[m]), dtype=torch.float32, device=device)[None]
+                for m in self.names
+            }
+        x = torch.as_tensor(np.asarray(image), dtype=torch.float32, device=device)[None]
+        self.shape = tuple(x.shape[2:])
+        stride = getattr(self.model.encoders[0], "stride", DEFAULT_STRIDE)
+        pad = [(-s) % stride for s in self.shape]
+        return F.pad(x, [p for axis in reversed(pad) for p in (0, axis)])
+
+    @torch.inference_mode()
+    def predict(self, present: Sequence[bool]) -> np.ndarray:
+        """Probabilities with ``present`` modalities: (3, D, H, W) sigmoid per region or (K,) softmax."""
+        keep = torch.tensor([bool(p) for p in present], device=self.encoded.bottleneck.device)[None]
+        if not keep.any():
+            raise ValueError(
+                "tick at least one modality: the network needs one present modality to fill from"
+            )
+        out = probabilities(self.model.decode(self.encoded.where(keep, self.zero), keep).logits)[0]
+        if not self.classification:
+            out = out[(slice(None), *(slice(0, s) for s in self.shape))]
+        return out.float().cpu().numpy()
+
+    def select(self, present: Sequence[bool]) -> None:
+        """Show the prediction with ``present`` modalities (M bools, card order); ticks the checkboxes."""
+        present = tuple(bool(p) for p in present)
+        lacking = [m for m, p, a in zip(self.names, present, self.available, strict=True) if p and not a]
+        if lacking:
+            raise ValueError(f"this case has no {', '.join(lacking)}; it has {self._join(self.available)}")
+        self.probabilities = self.predict(present)
+        self.present = present
+        if "widget" in self.__dict__:
+            self._set_ticks(present)
+        if not self.classification:
+            self.viewer.set_prediction(self.probabilities > THRESHOLD)
+        if "widget" in self.__dict__:
+            self._report.value = self.report_html()
+            if self.classification:
+                sync_figure(self._live, self.figure())
+
+    def _join(self, mask: Sequence[bool]) -> str:
+        return ", ".join(m for m, p in zip(self.names, mask, strict=True) if p) or "none"
+
+    def filled(self) -> tuple[str, ...]:
+        """The modalities whose bottleneck is filled (mean of the present ones) in the current prediction."""
+        return tuple(m for m, p in zip(self.names, self.present, strict=True) if not p)
+
+    def dice(self) -> dict[str, float] | None:
+        """Dice per region (report order) of the current prediction against the target; None without one."""
+        if self.classification or self.target is None:
+            return None
+        values = dice(self.probabilities > THRESHOLD, np.asarray(self.target).astype(bool))
+        by_region = dict(zip(self.card.region_names, values, strict=True))
+        return {
+            r: float(by_region[r]) for r in self.card.header.get("report_regions", self.card.region_names)
+        }
+
+    def report_html(self) -> str:
+        """Present and filled modalities, then the Dice per region or the class probabilities, as HTML."""
+        lines = [
+            f"<b>present</b>: {self._join(self.present)} &nbsp; <b>filled</b> (mean of the present "
+            f"bottlenecks): {', '.join(self.filled()) or 'none'}"
+        ]
+        if self.classification:
+            classes = [self.card.labels[k] for k in sorted(self.card.labels)]
+            cells = "".join(
+                f"<td>{c}: {100 * p:.1f}%</td>" for c, p in zip(classes, self.probabilities, strict=True)
+            )
+            lines.append(f"<table class='mckd-probabilities'><tr>{cells}</tr></table>")
+        elif (scores := self.dice()) is not None:
+            cells = "".join(
+                f"<td>Dice {r}: <span class='mckd-dice-{r}'>{v:.3f}</span></td>"
+                for r, v in scores.items()
+            )
+            lines.append(f"<table class='mckd-dice'><tr>{cells}</tr></table>")
+        return "<br>".join(lines)
+
+    def figure(self) -> go.Figure:
+        """The viewer with the current prediction (segmentation), or the class probabilities."""
+        if not self.classification:
+            fig = self.viewer.figure()
+            scores = ", ".join(f"{r} {v:.3f}" for r, v in (self.dice() or {}).items())
+            fig.update_layout(
+                title=f"{fig.layout.title.text}<br><sup>present: {self._join(self.present)}"
+                + (f"; Dice {scores}" if scores else "")
+                + "</sup>"
+            )
+            return fig
+        classes = [self.card.labels[k] for k in sorted(self.card.labels)]
+        colours = ["#7f7f7f"] * len(classes)
+        if self.target is not None:
+            colours[int(self.target)] = "#2ca02c"
+        fig = go.Figure(go.Bar(x=classes, y=self.probabilities, marker_color=colours))
+        fig.update_layout(
+            title=f"{self.title} class probabilities; present: {self._join(self.present)}".strip(),
+            yaxis={"range": [0, 1], "title": "probability"},
+            height=320,
+        )
+        return fig
+
+    def _set_ticks(self, present: Sequence[bool]) -> None:
+        self._syncing = True  # the checkbox observers ignore changes made here
+        try:
+            for name, p in zip(self.names, present, strict=True):
+                self.checkboxes[name].value = p
+        finally:
+            self._syncing = False
+
+    def _ticked(self) -> tuple[bool, ...]:
+        return tuple(self.checkboxes[m].value for m in self.names)
+
+    def _build(self) -> ipw.Widget:
+        self._syncing = False
+        self.checkboxes = {
+            m: ipw.Checkbox(value=p, description=m, disabled=not a, indent=False, layout={"width": "110px"})
+            for m, p, a in zip(self.names, self.present, self.available, strict=True)
+        }
+        self._report = ipw.HTML(self.report_html())
+
+        def toggled(change) -> None:
+            if self._syncing:
+                return
+            if any(self._ticked()):
+                self.select(self._ticked())
+            else:  # the network needs one present modality: undo the untick
+                self._set_ticks(self.present)
+
+        for box in self.checkboxes.values():
+            box.observe(toggled, names="value")
+        if self.classification:
+            self._live = go.FigureWidget(self.figure())
+            view = self._live
+        else:
+            view = self.viewer.widget
+        return ipw.VBox([ipw.HBox([ipw.Label("present:"), *self.checkboxes.values()]), self._report, view])
