@@ -1,0 +1,122 @@
+"""Synthetic ADNI-like cohort: ADNIMERGE format, visits, published targets, correlations, missingness."""
+
+import inspect
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mckd_lab.data.cards import load_card
+from mckd_lab.data.cohort import generate_cohort
+
+SUBJECTS = 400
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cohort") / "ADNIMERGE_01Jan2024.csv"
+    path = generate_cohort(out, subjects=SUBJECTS, seed=3)
+    df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    return path, df, df[df["VISCODE"] == "bl"].set_index("RID")
+
+
+def num(values):
+    return pd.to_numeric(values.replace("", np.nan))
+
+
+def test_real_column_names_with_baseline_twins(cohort):
+    _, df, bl = cohort
+    expected = (
+        "RID PTID VISCODE EXAMDATE COLPROT ORIGPROT DX_bl DX AGE PTGENDER PTEDUCAT PTETHCAT PTRACCAT PTMARRY "
+        "APOE4 FDG AV45 ABETA TAU PTAU ICV Hippocampus Ventricles WholeBrain Entorhinal Fusiform MidTemp "
+        "MMSE "
+        "CDRSB ADAS11 ADAS13 Hippocampus_bl ABETA_bl MMSE_bl EXAMDATE_bl Years_bl Month"
+    ).split()
+    assert set(expected) <= set(df.columns), set(expected) - set(df.columns)
+    # every row repeats its subject's baseline values in the _bl twins
+    for col in ("Hippocampus", "ABETA", "MMSE", "EXAMDATE"):
+        assert (df[f"{col}_bl"] == df["RID"].map(bl[col])).all(), col
+    assert set(df["PTGENDER"]) == {"Male", "Female"}
+    assert df["PTID"].str.fullmatch(r"\d{3}_S_\d{4}").all()
+    assert (df["PTID"].str[-4:].astype(int) == df["RID"].astype(int)).all()
+
+
+def test_visits_one_baseline_per_subject_and_same_seed_same_file(cohort, tmp_path):
+    path, df, bl = cohort
+    assert len(bl) == SUBJECTS and bl.index.is_unique
+    assert set(df["VISCODE"]) <= {"bl", "m06", "m12", "m18", "m24", "m36", "m48"}
+    assert 2.5 < len(df) / SUBJECTS < 6  # several visits per subject
+    assert not df.duplicated(["RID", "VISCODE"]).any()
+    assert (num(df["Years_bl"]) >= 0).all()
+    again = generate_cohort(tmp_path / "a.csv", subjects=SUBJECTS, seed=3)
+    assert again.read_bytes() == path.read_bytes()
+    assert generate_cohort(tmp_path / "b.csv", subjects=SUBJECTS, seed=4).read_bytes() != path.read_bytes()
+
+
+def test_diagnoses_by_phase(cohort):
+    _, df, bl = cohort
+    diagnosis = load_card("adni").header["diagnosis"]
+    assert set(df["DX_bl"]) <= set(diagnosis["DX_bl"]) and set(df["DX"]) - {""} <= set(diagnosis["DX"])
+    assert set(bl.loc[bl["ORIGPROT"] == "ADNI1", "DX_bl"]) == {"CN", "LMCI", "AD"}
+    assert set(bl.loc[bl["ORIGPROT"] == "ADNIGO", "DX_bl"]) == {"EMCI"}
+    at_baseline = {"CN": "CN", "SMC": "CN", "EMCI": "MCI", "LMCI": "MCI", "AD": "Dementia"}
+    assert (bl["DX"] == bl["DX_bl"].map(at_baseline)).all()
+
+
+def test_censored_csf_strings(cohort):
+    _, df, _ = cohort
+    abeta = df["ABETA"]
+    assert (abeta == ">1700").sum() > 10
+    plain = abeta[(abeta != "") & ~abeta.str.match(r"^[<>]")]
+    assert num(plain).between(200, 1700).all()
+    assert set(df["PTAU"][df["PTAU"].str.match(r"^[<>]")]) <= {"<8", ">120"}
+    assert set(df["TAU"][df["TAU"].str.match(r"^[<>]")]) <= {"<80", ">1300"}
+
+
+def test_baseline_close_to_published_figures(cohort):
+    """Petersen et al. 2010 (ADNI1 baseline): the card's targets, within sampling error and rounding."""
+    _, _, bl = cohort
+    groups = bl["DX_bl"]
+    for col, targets, tol in (
+        ("AGE", {"CN": 75.8, "LMCI": 74.7, "AD": 75.3}, 1.5),
+        ("MMSE", {"CN": 29.1, "LMCI": 27.0, "AD": 23.3}, 0.6),
+        ("ADAS11", {"CN": 6.2, "LMCI": 11.5, "AD": 18.6}, 1.5),
+    ):
+        means = num(bl[col]).groupby(groups).mean()
+        for group, target in targets.items():
+            assert abs(means[group] - target) < tol, (col, group, means[group])
+    carriers = (num(bl["APOE4"]) > 0).groupby(groups.map({"CN": "CN", "LMCI": "MCI", "AD": "AD"})).mean()
+    assert abs(carriers["CN"] - 0.266) < 0.1 and abs(carriers["AD"] - 0.661) < 0.12
+
+
+def test_correlations_class_age_apoe(cohort):
+    _, _, bl = cohort
+    hippo = num(bl["Hippocampus"]) / num(bl["ICV"])
+    by_class = hippo.groupby(bl["DX_bl"]).mean()
+    assert by_class["CN"] > by_class["LMCI"] > by_class["AD"]
+    cn = bl["DX_bl"] == "CN"
+    assert np.corrcoef(hippo[cn].dropna(), num(bl["AGE"])[cn][hippo[cn].notna()])[0, 1] < -0.1
+    abeta = num(bl["ABETA"].str.lstrip("<>"))
+    apoe = num(bl["APOE4"])
+    assert abeta[apoe == 0].median() - abeta[apoe > 0].median() > 150
+    assert num(bl["FDG"]).groupby(bl["DX_bl"]).mean()["CN"] > num(bl["FDG"]).groupby(bl["DX_bl"]).mean()["AD"]
+
+
+def test_missingness_follows_the_protocol(cohort):
+    _, df, bl = cohort
+    assert (df.loc[df["ORIGPROT"] == "ADNI1", "AV45"] == "").all()  # florbetapir started after ADNI1
+    measured = bl.groupby("ORIGPROT")[["FDG", "AV45", "ABETA"]].agg(lambda c: (c != "").mean())
+    assert 0.35 < measured.loc["ADNI1", "ABETA"] < 0.65  # lumbar puncture for about half of ADNI1
+    assert measured.loc["ADNI2", "AV45"] > 0.85 and measured.loc["ADNI2", "FDG"] > 0.85
+    assert measured.loc["ADNI3", "FDG"] < 0.5
+    assert (bl["AGE"] != "").all() and (bl["PTGENDER"] != "").all()
+
+
+def test_synthetic_card_matches_the_adni_card_and_the_generator():
+    real, synthetic = load_card("adni"), load_card("adni_synthetic")
+    assert [(m.name, m.columns, m.key_columns) for m in synthetic.modalities] == [
+        (m.name, m.columns, m.key_columns) for m in real.modalities
+    ]
+    assert synthetic.labels == real.labels
+    defaults = inspect.signature(generate_cohort).parameters
+    assert synthetic.header["defaults"] == {k: defaults[k].default for k in ("subjects", "seed")}
