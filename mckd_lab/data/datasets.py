@@ -1,0 +1,205 @@
+"""BraTS datasets and loaders that yield batches in the package's contract, built from MONAI transforms.
+
+A sample (``dataset[i]``) is a dict:
+
+- ``image``: float32 tensor (M, D, H, W), modalities in card order, normalised; a missing modality is zeros.
+- ``present``: bool tensor (M,), by default the case's real availability (which modality files exist).
+- ``target``: float32 tensor (3, D, H, W), regions ET, WT, TC (absent for cases without a seg file).
+- ``case_id``: str, the case folder's name.
+
+Training samples are random crops of ``crop_size`` (D, H, W), centred on a tumour voxel with probability
+``foreground_prob`` (METHOD.md: 0.5) and on a non-tumour voxel otherwise, then flipped and intensity-scaled.
+Evaluation samples are whole cases cropped to the brain box (see :mod:`mckd_lab.data.brats`). A loader from
+:func:`make_loader` stacks samples into ``image`` (B, M, D, H, W), ``present`` (B, M), ``target``
+(B, 3, D, H, W) and ``case_id`` (list of B str).
+
+With ``cache=True`` each case is read from NIfTI once and kept in memory as normalised image + integer
+labels; only the transforms run per epoch. (An in-memory cache of our own rather than MONAI's CacheDataset,
+so that a bad case raises :class:`~mckd_lab.data.brats.BratsError` itself, not MONAI's RuntimeError wrapper.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.data import DataLoader
+from monai.transforms import (
+    Compose,
+    EnsureTyped,
+    Lambda,
+    RandCropByPosNegLabeld,
+    RandFlipd,
+    RandScaleIntensityd,
+    SpatialPadd,
+    Transform,
+)
+
+from mckd_lab.data.brats import BratsError, label_to_regions, load_case, scan_folder
+from mckd_lab.data.cards import Card, load_card
+from mckd_lab.data.missing import parse_subset
+
+
+class LabelToRegionsd(Transform):
+    """Replace ``label`` (1, D, H, W) by ``target`` (3, D, H, W) float32, regions ET, WT, TC from the card."""
+
+    def __init__(self, card: Card):
+        self.card = card
+
+    def __call__(self, data: dict) -> dict:
+        data = dict(data)
+        if "label" in data:
+            label = data.pop("label")
+            label = label.numpy() if isinstance(label, torch.Tensor) else label
+            data["target"] = label_to_regions(label[0], self.card)
+        return data
+
+
+def _first(samples: list[dict]) -> dict:
+    return samples[0]
+
+
+def training_transforms(
+    card: Card, crop_size: Sequence[int] = (80, 160, 160), foreground_prob: float = 0.5
+) -> Compose:
+    """Pad to ``crop_size``, foreground-biased random crop, flips, intensity scale, regions, plain tensors.
+
+    Intensity scaling (x (1 + u), u ~ U(-0.1, 0.1), per channel) keeps zeros at zero, so background and
+    missing modalities stay 0; an additive shift would not.
+    """
+    if not 0.0 <= foreground_prob <= 1.0:
+        raise ValueError(f"foreground_prob must be in [0, 1], got {foreground_prob}")
+    keys = ["image", "label"]
+    return Compose(
+        [
+            SpatialPadd(keys, spatial_size=crop_size),
+            RandCropByPosNegLabeld(
+                keys,
+                "label",
+                spatial_size=crop_size,
+                pos=foreground_prob,
+                neg=1.0 - foreground_prob,
+                num_samples=1,
+            ),
+            Lambda(_first),  # RandCropByPosNegLabeld returns a list of num_samples (1) dicts
+            RandFlipd(keys, prob=0.5, spatial_axis=0),
+            RandFlipd(keys, prob=0.5, spatial_axis=1),
+            RandFlipd(keys, prob=0.5, spatial_axis=2),
+            RandScaleIntensityd("image", factors=0.1, prob=0.5, channel_wise=True),
+            LabelToRegionsd(card),
+            EnsureTyped(["image", "target", "present"], track_meta=False),
+        ],
+        map_items=False,  # so that _first receives the crop's list rather than each of its items
+    )
+
+
+def eval_transforms(card: Card) -> Compose:
+    """Whole cases (cropped to the brain box), no augmentation; ``target`` only where a seg file exists."""
+    return Compose(
+        [
+            LabelToRegionsd(card),
+            EnsureTyped(["image", "target", "present"], track_meta=False, allow_missing_keys=True),
+        ]
+    )
+
+
+class BratsDataset(torch.utils.data.Dataset):
+    """BraTS cases as samples: each case read by :func:`load_case`, then ``transform`` (MONAI) per access.
+
+    A read case is ``image`` (M, D, H, W), ``label`` (1, D, H, W) int16 (when a seg file exists),
+    ``present`` (M,) and ``case_id``. ``present`` (optional mask) keeps only those modalities, intersected
+    with each case's real availability, and zeroes the others. ``require_label`` refuses cases without a seg
+    file. With ``cache`` every case is read once, here, and kept in memory (the transforms never write into
+    it); without, every access reads the NIfTI files again. Errors reading a case are :class:`BratsError`.
+    """
+
+    def __init__(
+        self,
+        case_dirs: Sequence[str | Path],
+        transform: Compose,
+        present: Sequence[bool] | None = None,
+        require_label: bool = False,
+        cache: bool = True,
+        card: Card | None = None,
+    ):
+        self.case_dirs = [Path(d) for d in case_dirs]
+        self.transform = transform
+        self.present = None if present is None else np.asarray(present, dtype=bool)
+        self.require_label = require_label
+        self.card = card or load_card("brats")
+        self.cases = [self.read(d) for d in self.case_dirs] if cache else None
+
+    def read(self, case_dir: Path) -> dict:
+        case = load_case(case_dir, card=self.card)
+        present = case.present if self.present is None else case.present & self.present
+        if not present.any():
+            raise BratsError(
+                f"case {case.case_id}: none of the requested modalities is available in its folder"
+            )
+        sample = {
+            "image": case.image * present[:, None, None, None],
+            "present": present,
+            "case_id": case.case_id,
+        }
+        if case.label is not None:
+            # int16, not uint8: MONAI's foreground/background split takes the bitwise complement of
+            # torch.any(label), which stays uint8 for a uint8 tensor, so every voxel would count as background
+            sample["label"] = case.label[None].astype(np.int16)
+        elif self.require_label:
+            raise BratsError(
+                f"case {case.case_id}: no seg file, so it cannot be used for training; "
+                f"use it for prediction (evaluation dataset) or leave it out"
+            )
+        return sample
+
+    def __len__(self) -> int:
+        return len(self.case_dirs)
+
+    def __getitem__(self, index: int) -> dict:
+        case = self.cases[index] if self.cases is not None else self.read(self.case_dirs[index])
+        return self.transform(dict(case))
+
+
+def brats_dataset(
+    source: str | Path | Sequence[str | Path],
+    train: bool = True,
+    crop_size: Sequence[int] = (80, 160, 160),
+    foreground_prob: float = 0.5,
+    present: str | Sequence[bool] | None = None,
+    cache: bool = True,
+    card: Card | None = None,
+) -> BratsDataset:
+    """A dataset over a BraTS folder (any layout) or an explicit list of case folders.
+
+    ``train``: random crops of ``crop_size`` (D, H, W) with augmentation, cases must have labels; otherwise
+    whole cases. ``present``: None keeps each case's real availability; a subset name (``flair+t1ce``) or a
+    mask in card order keeps only those modalities. ``cache``: read each case once and keep it in memory.
+    """
+    card = card or load_card("brats")
+    case_dirs = scan_folder(source, card)[1] if isinstance(source, (str, Path)) else source
+    if isinstance(present, str):
+        present = parse_subset(present, card.modality_names)
+    transform = training_transforms(card, crop_size, foreground_prob) if train else eval_transforms(card)
+    return BratsDataset(case_dirs, transform, present, require_label=train, cache=cache, card=card)
+
+
+def make_loader(
+    dataset: torch.utils.data.Dataset,
+    batch_size: int = 2,
+    shuffle: bool = True,
+    seed: int = 0,
+    num_workers: int = 0,
+    **kwargs,
+) -> DataLoader:
+    """A MONAI DataLoader whose shuffling and random transforms are replayed exactly from ``seed``."""
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        num_workers=num_workers,
+        generator=generator,
+        **kwargs,
+    )
