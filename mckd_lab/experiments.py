@@ -10,6 +10,7 @@ of ``None`` without an annotation accepts anything.
 
     out_dir/<notebook name>.ipynb   the executed notebook, outputs included
     out_dir/run/                    the run directory, passed as the notebook's ``run_dir`` parameter
+                                    (and ``live=False`` when the notebook declares ``live``)
 
 ``sweep(spec)`` runs a grid (notebook x parameters x seeds) and writes under its output folder::
 
@@ -61,7 +62,8 @@ from typing import Any
 
 import yaml
 
-RUN_DIR = "run_dir"
+RUN_DIR = "run_dir"  # the parameter naming where a notebook writes its run
+LIVE = "live"  # the parameter choosing live widgets (True) or static figures (False)
 SPEC_KEYS = {"name", "out", "seeds", "seed_parameter", "timeout", "runs"}
 RUN_KEYS = {"notebook", "parameters", "grid", "seeds"}
 _TYPES = {"int": int, "float": float, "str": str, "bool": bool, "list": list, "dict": dict, "tuple": list}
@@ -226,9 +228,11 @@ def run_notebook(
     """Execute ``notebook`` with papermill into ``out_dir``; returns the executed notebook's path.
 
     Parameters are validated first (`check_parameters`). If the notebook declares ``run_dir`` and no value
-    is given, it is set to ``out_dir/run`` (absolute). The kernel runs in the notebook's folder, as in
-    JupyterLab. ``kernel_name`` defaults to the notebook's own (``python3``: this interpreter). ``timeout``
-    is seconds per cell. A failing notebook raises `NotebookError`; its executed copy keeps the traceback.
+    is given, it is set to ``out_dir/run`` (absolute); a declared ``live`` defaults to False (static figures,
+    which an executed notebook keeps; live widgets need a running kernel). The kernel runs in the notebook's
+    folder, as in JupyterLab. ``kernel_name`` defaults to the notebook's own (``python3``: this interpreter).
+    ``timeout`` is seconds per cell. A failing notebook raises `NotebookError`; its executed copy keeps the
+    traceback.
     """
     import papermill
     from papermill.exceptions import PapermillExecutionError
@@ -238,6 +242,8 @@ def run_notebook(
     params = check_parameters(declared, parameters, where=str(notebook))
     if RUN_DIR in declared and RUN_DIR not in params:
         params[RUN_DIR] = str((out_dir / "run").resolve())
+    if LIVE in declared and LIVE not in params:
+        params[LIVE] = False  # no browser will ever show a live widget: keep the static figures
     out_dir.mkdir(parents=True, exist_ok=True)
     executed = out_dir / notebook.name
     try:
@@ -474,6 +480,42 @@ def load_results(path: str | Path):
     if not csv.is_file():
         raise FileNotFoundError(f"no sweep results at {csv}; run `mckd-lab sweep SPEC.yaml` first")
     return pd.read_csv(csv)
+
+
+# ---------------------------------------------------------------------------------------------- notebook runs
+RUN_FILES = ("config.json", "splits.json", "history.jsonl", "checkpoint.pt", "model.pt", "metrics.json",
+             "scaler.json")  # fmt: skip
+
+
+def train_or_reuse(config, run_dir: str | Path, **train_kwargs):
+    """Train ``config`` into ``run_dir`` so that running a notebook again just works; returns the ``Run``.
+
+    - ``run_dir`` holds a run of the same config: it is reused (an interrupted one continues from its
+      checkpoint, a finished one returns at once).
+    - it holds a run of another config: that run's files (``RUN_FILES``) are removed first, and said so;
+      generated data (``phantoms/``, the cohort) is kept when the data section is unchanged.
+    - else: a fresh run. ``train_kwargs`` go to ``mckd_lab.train.train`` (e.g. ``callbacks``).
+    """
+    import shutil
+
+    from mckd_lab.train import load_run, train
+
+    run_dir = Path(run_dir)
+    saved = run_dir / "config.json"
+    old = json.loads(saved.read_text()) if saved.is_file() else None
+    if old == config.to_dict():
+        if (run_dir / "model.pt").is_file():
+            return load_run(run_dir)
+        if (run_dir / "checkpoint.pt").is_file():
+            return train(config, run_dir, resume=True, **train_kwargs)
+    if old is not None or (run_dir / "history.jsonl").is_file():
+        print(f"{run_dir} held a run with another configuration: starting it again", file=sys.stderr)
+        for name in RUN_FILES:
+            (run_dir / name).unlink(missing_ok=True)
+        if old is not None and old.get("data") != config.to_dict()["data"]:
+            for folder in ("phantoms", "cohort"):
+                shutil.rmtree(run_dir / folder, ignore_errors=True)
+    return train(config, run_dir, **train_kwargs)
 
 
 # ---------------------------------------------------------------------------------------------- outputs

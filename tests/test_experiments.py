@@ -14,13 +14,14 @@ y = 0.5
 label = "a"
 fail_flag = ""  # a path: runs with x == 2 fail while it exists
 run_dir = "run"
+live = True  # live widgets; headless runs get False
 """
 BODY = """\
 import json, os, pathlib
 if fail_flag and os.path.exists(fail_flag) and x == 2:
     raise RuntimeError(f"asked to fail with x={x}")
 pathlib.Path(run_dir).mkdir(parents=True, exist_ok=True)
-metrics = {"value": x * y, "nested": {"x": x, "label": label}, "table": [1, 2]}
+metrics = {"value": x * y, "nested": {"x": x, "label": label}, "table": [1, 2], "live": live}
 pathlib.Path(run_dir, "metrics.json").write_text(json.dumps(metrics))
 print("value", x * y)
 """
@@ -43,7 +44,7 @@ def toy(tmp_path):
 
 def test_notebook_parameters_reads_types_defaults_and_help(toy):
     params = ex.notebook_parameters(toy)
-    assert list(params) == ["x", "y", "label", "fail_flag", "run_dir"]
+    assert list(params) == ["x", "y", "label", "fail_flag", "run_dir", "live"]
     assert params["x"].types == (int,) and params["x"].default == 1 and params["x"].help == "the multiplier"
     assert params["y"].types == (float,) and params["label"].types == (str,)
     assert params["fail_flag"].help == "a path: runs with x == 2 fail while it exists"  # papermill drops it
@@ -65,6 +66,17 @@ def test_check_parameters_names_the_bad_parameter_and_the_allowed_ones(toy):
     }
 
 
+def test_parameters_cell_annotations():
+    params = ex.parse_parameters_cell(
+        "a: str | None = None  # optional path\nb: Optional[int] = 3\nc: list[str] = ['x']\nd = Path('x')\n"
+        "e, f = 1, 2\nprint(a)\n"
+    )
+    assert list(params) == ["a", "b", "c", "d"]  # tuple unpacking and calls are not parameters
+    assert params["a"].types == (str, type(None)) and params["a"].help == "optional path"
+    assert params["b"].accepts(None) and params["b"].accepts(4) and not params["b"].accepts("4")
+    assert params["c"].types == (list,) and params["d"].types is None and params["d"].default == "Path('x')"
+
+
 def test_notebook_without_parameters_cell_is_refused(tmp_path):
     nb = nbformat.v4.new_notebook()
     nb.cells = [nbformat.v4.new_code_cell("x = 1")]
@@ -77,7 +89,8 @@ def test_run_notebook_writes_the_executed_notebook_and_the_run_dir(toy, tmp_path
     out = tmp_path / "out"
     executed = ex.run_notebook(toy, out, {"x": 3})
     assert executed == out / "toy.ipynb"
-    assert json.loads((out / "run" / "metrics.json").read_text())["value"] == 1.5  # 3 * 0.5
+    metrics = json.loads((out / "run" / "metrics.json").read_text())
+    assert metrics["value"] == 1.5 and metrics["live"] is False  # 3 * 0.5; static figures when headless
     nb = nbformat.read(executed, as_version=4)
     assert any("value 1.5" in o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
     assert ex.has_outputs(executed) and not ex.has_outputs(toy)
@@ -143,3 +156,20 @@ def test_sweep_spec_is_validated_before_anything_runs(toy, tmp_path):
     with pytest.raises(ValueError, match=r"unknown key\(s\) \['worker'\]"):
         ex.load_spec({"worker": 2, "runs": [{"notebook": str(toy)}]})
     assert not (tmp_path / "out").exists()
+
+
+def test_train_or_reuse_reuses_the_same_config_and_restarts_another(tmp_path, capsys):
+    from toydata import ToyBalls
+
+    from mckd_lab.config import RunConfig
+
+    data = {"train_data": ToyBalls(cases=4, size=16), "heldout_data": ToyBalls(cases=2, size=16, seed=1)}
+    small = {"data.crop": [16, 16, 16], "optim.iterations": 2, "optim.warmup_iterations": 1}
+    config = RunConfig().with_overrides(small | {"runtime.progress": False})
+    run = ex.train_or_reuse(config, tmp_path / "run", **data)
+    assert len(run.records("train")) == 2 and (tmp_path / "run" / "model.pt").is_file()
+    stamp = (tmp_path / "run" / "history.jsonl").stat().st_mtime_ns
+    again = ex.train_or_reuse(config, tmp_path / "run", **data)  # same config: nothing trains
+    assert (tmp_path / "run" / "history.jsonl").stat().st_mtime_ns == stamp and again.iteration == 2
+    longer = ex.train_or_reuse(config.with_overrides({"optim.iterations": 3}), tmp_path / "run", **data)
+    assert len(longer.records("train")) == 3 and "another configuration" in capsys.readouterr().err
