@@ -194,6 +194,8 @@ def test_generate_phantoms_writes_the_brats2018_layout(tmp_path):
         generate_phantoms(out, cases=1, size=32)
     with pytest.raises(ValueError, match="cases"):
         generate_phantoms(tmp_path / "none", cases=0, size=32)
+    with pytest.raises(ValueError, match="seed"):
+        generate_phantoms(tmp_path / "none", cases=1, size=32, seed=-1)
 
 
 def test_round_trip_through_the_brats_loader(tmp_path):

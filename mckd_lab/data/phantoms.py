@@ -387,6 +387,8 @@ def generate_phantoms(out_dir, cases: int = 10, size: int = 64, seed: int = 0) -
     size = check_size(size)
     if isinstance(cases, bool) or not isinstance(cases, int | np.integer) or cases < 1:
         raise ValueError(f"cases must be a whole number >= 1; got {cases!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
+        raise ValueError(f"seed must be a whole number >= 0; got {seed!r}")
     card = load_card(CARD)
     layout = load_card("brats").header["layouts"][card.header["layout"]]
     out = Path(out_dir)
@@ -412,7 +414,7 @@ def generate_phantoms(out_dir, cases: int = 10, size: int = 64, seed: int = 0) -
             phantom.label, phantom.affine, case_dir / f"{layout['files']['seg'].format(case=case)}.nii.gz"
         )
         records[case] = dataclasses.asdict(phantom.params)
-    manifest = {"generator": __name__, "card": CARD, "seed": seed, "size": size, "cases": records}
+    manifest = {"generator": __name__, "card": CARD, "seed": int(seed), "size": size, "cases": records}
     (out / "phantoms.json").write_text(json.dumps(manifest, indent=1), encoding="utf-8")
     return out
 
