@@ -124,9 +124,9 @@ def test_viewer_slices_sequences_and_overlays(cases):
     gt_wt = viewer.overlay_slice("target", "WT", 0)
     np.testing.assert_array_equal(gt_wt, wt[5])
     assert live.data[2].name == "WT ground truth" and live.data[5].name == "WT prediction"
-    drawn_fill = ~np.isnan(np.asarray(live.data[5].z, float))
+    drawn_fill = np.asarray(live.data[5].z) == 1
     np.testing.assert_array_equal(drawn_fill, wt[5])
-    drawn_outline = ~np.isnan(np.asarray(live.data[2].z, float))
+    drawn_outline = np.asarray(live.data[2].z) == 1
     assert drawn_outline.sum() < wt[5].sum() or wt[5].sum() < 9  # an outline of a blob is thinner than it
     viewer.controls["WT"].value = False
     assert live.data[2].visible is False and live.data[5].visible is False
@@ -151,16 +151,16 @@ def test_drop_explorer_equals_forward_and_updates_on_toggle(cases, model):
     np.testing.assert_allclose(
         explorer.probabilities, forward_probabilities(model, case.image, (True,) * 4), atol=1e-5
     )
-    et_before = np.asarray(explorer.viewer._live.data[4].z, float)  # axial ET prediction
+    et_before = np.asarray(explorer.viewer._live.data[4].z)  # axial ET prediction: 1 inside, 0 outside
     explorer.checkboxes["t1ce"].value = False
     present = (True, True, False, True)
     assert explorer.present == present and explorer.filled() == ("t1ce",)
     expected = forward_probabilities(model, case.image, present)
     np.testing.assert_allclose(explorer.probabilities, expected, atol=1e-5)
-    et_after = np.asarray(explorer.viewer._live.data[4].z, float)
+    et_after = np.asarray(explorer.viewer._live.data[4].z)
     axial = explorer.viewer.cursor[0]
-    np.testing.assert_array_equal(~np.isnan(et_after), expected[0, axial] > 0.5)
-    assert not np.array_equal(np.isnan(et_before), np.isnan(et_after))
+    np.testing.assert_array_equal(et_after, expected[0, axial] > 0.5)
+    assert not np.array_equal(et_before, et_after)
     pred = expected > 0.5
     scores = explorer.dice()
     for r, region in enumerate(CARD.region_names):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 
 import ipywidgets as ipw
-import numpy as np
 import plotly.graph_objects as go
 
 # Regions in the paper's report order; colours stay the same in every view.
@@ -50,6 +49,7 @@ def sync_figure(live: go.FigureWidget, fresh: go.Figure) -> None:
         live.layout = fresh.layout
 
 
-def masked(mask: np.ndarray) -> np.ndarray:
-    """A boolean 2-D mask as heatmap values: 1 inside, NaN (drawn transparent) outside."""
-    return np.where(mask, 1.0, np.nan)
+def overlay_scale(colour: str) -> list:
+    """A heatmap colour scale drawing 0 transparent and 1 in ``colour`` (zmin 0, zmax 1): masks need no NaN,
+    which JSON (the widget messages) cannot carry."""
+    return [[0, "rgba(0,0,0,0)"], [0.5, "rgba(0,0,0,0)"], [0.5, colour], [1, colour]]

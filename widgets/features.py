@@ -107,7 +107,8 @@ class DistilledFeatures(View):
         return (vectors - self._centre) @ self._axes.T
 
     def subset_distances(self, present: Sequence[bool]) -> dict[str, float]:
-        """Per missing modality j: mean over cases (having S and j) of mean |mean_{k in S} f_k - f_j|."""
+        """Per missing modality j: mean over the cases having S and j of mean |mean_{k in S} f_k - f_j| (a
+        modality no such case has is left out)."""
         out = {}
         for j in np.flatnonzero(~np.asarray(present, bool)):
             values = [
@@ -115,7 +116,8 @@ class DistilledFeatures(View):
                 for f, has in zip(self.features, self.available, strict=True)
                 if has[j] and all(h for h, p in zip(has, present, strict=True) if p)
             ]
-            out[self.names[j]] = float(np.mean(values)) if values else float("nan")
+            if values:
+                out[self.names[j]] = float(np.mean(values))
         return out
 
     def figure(self) -> go.Figure:
@@ -131,7 +133,7 @@ class DistilledFeatures(View):
         )
         fig.add_trace(
             go.Heatmap(
-                z=self.pairs,
+                z=[[None if np.isnan(v) else v for v in row] for row in self.pairs],  # JSON has no NaN
                 x=self.names,
                 y=self.names,
                 colorscale="Blues",

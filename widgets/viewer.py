@@ -14,7 +14,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 from scipy import ndimage
 
-from ._base import REGION_COLOURS, View, masked, sync_figure
+from ._base import REGION_COLOURS, View, overlay_scale, sync_figure
 
 PLANES = ("axial", "coronal", "sagittal")  # slicing axis 0 (D), 1 (H), 2 (W) of a (D, H, W) volume
 
@@ -116,8 +116,10 @@ class SegmentationViewer(View):
                         mask = outline(mask)
                     fig.add_trace(
                         go.Heatmap(
-                            z=masked(mask) if mask is not None else None,
-                            colorscale=[[0, colour], [1, colour]],
+                            z=mask.astype(np.uint8) if mask is not None else None,
+                            colorscale=overlay_scale(colour),
+                            zmin=0,
+                            zmax=1,
                             showscale=False,
                             opacity=1.0 if kind == "ground truth" else self.opacity,
                             visible=mask is not None and self.shown[region],
