@@ -104,10 +104,9 @@ def test_forcing_enhancement_changes_nothing_else():
 
 def test_hgg_has_every_region_in_one_hemisphere_inside_the_brain():
     for seed in range(3):
-        ph = make_phantom(48, seed, enhancing=True)
-        assert (
-            ph.image.shape == (4, 48, 48, 48) and ph.image.dtype == np.float32 and ph.label.dtype == np.uint8
-        )
+        ph = make_phantom(64, seed, enhancing=True)
+        assert ph.image.shape == (4, 64, 64, 64) and ph.image.dtype == np.float32
+        assert ph.label.shape == (64, 64, 64) and ph.label.dtype == np.uint8
         assert set(np.unique(ph.label)) == {0, 1, 2, 4}
         tumour = ph.label > 0
         assert (ph.image[:, tumour] > 0).all()  # inside the (skull-stripped) brain

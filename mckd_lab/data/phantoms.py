@@ -3,7 +3,8 @@
 Conventions
 - A phantom is a cube of side ``size`` voxels (32..128), indexed (x, y, z) in RAS order as nibabel returns it.
   The cube spans the card's ``fov_mm`` (192 mm) of MNI152 space around ``centre_mm``, so the spacing is
-  fov_mm / size mm and ``phantom_affine(size)`` maps voxel indices to MNI152 millimetres.
+  fov_mm / size mm and ``phantom_affine(size)`` maps voxel indices to MNI152 millimetres. (The BraTS loader
+  reads the written files as (D, H, W) = (z, x, y): ``mckd_lab.data.brats.AXES``.)
 - ``image``: float32 (M, S, S, S), modalities in card order (flair, t1, t1ce, t2), in units of each sequence's
   normal white matter (before bias and noise), exactly 0 outside the brain.
 - ``label``: uint8 (S, S, S) in the card convention: 0 background, 1 necrosis / non-enhancing core, 2 oedema,
@@ -284,9 +285,8 @@ def _tumour(
     lobes = np.asarray(params.lobes)
     local = np.einsum("ji,j...->i...", Rotation.from_euler("xyz", params.angles).as_matrix(), rel)
     shift, semi = lobes[:, :3, None, None, None], lobes[:, 3:, None, None, None]
-    field = np.sqrt((((local[None] - shift) / semi) ** 2).sum(1)).min(
-        0
-    )  # 1 on the surface of the lobes' union
+    # field: 1 on the surface of the union of lobes, < 1 inside, growing with distance outside
+    field = np.sqrt((((local[None] - shift) / semi) ** 2).sum(1)).min(0)
     grid = np.random.default_rng(params.shape_seed).standard_normal((3,) + (_GRID_POINTS,) * 3)
     texture = np.clip(
         _spline_on_grid(grid, [a / _GRID_STEP_MM + (_GRID_POINTS - 1) / 2 for a in axes]), -2, 2
