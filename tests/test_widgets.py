@@ -1,6 +1,6 @@
-"""The widget views, built from real library objects: a phantom case read by the BraTS loader, the network of
-the model contract, explain results and a tiny training run. Each test moves a control and checks the figure
-data against values computed here by hand."""
+"""The widget views, built from real library objects: a tiny training run on phantoms (its history, model and
+cases read back by the BraTS loader), explain results and evaluation tables. Each test moves a control and
+checks the figure data against values computed here by hand."""
 
 from __future__ import annotations
 
@@ -10,13 +10,13 @@ import plotly.graph_objects as go
 import pytest
 import torch
 
-from mckd_lab.data.brats import load_case, scan_folder
+from mckd_lab.config import RunConfig
 from mckd_lab.data.cards import load_card
 from mckd_lab.data.missing import all_subsets
-from mckd_lab.data.phantoms import generate_phantoms
 from mckd_lab.evaluate import SubsetTable
+from mckd_lab.experiments import split_cases
 from mckd_lab.explain import modality_shapley, voxel_attribution
-from mckd_lab.models import build_segmentation_network
+from mckd_lab.train import train
 from widgets import (
     AttributionView,
     DistilledFeatures,
@@ -32,15 +32,32 @@ NAMES = CARD.modality_names  # flair, t1, t1ce, t2
 
 
 @pytest.fixture(scope="module")
-def cases(tmp_path_factory):
-    root = generate_phantoms(tmp_path_factory.mktemp("phantoms"), cases=2, size=32, seed=3)
-    return [load_case(d) for d in scan_folder(root)[1]]
+def trained(tmp_path_factory):
+    """A tiny MCKD run on phantoms (2 warm-up + 2 missing-modality iterations, a meta step each), trained with
+    a live importance-weights view attached as the trainer's callback."""
+    config = RunConfig().with_overrides(
+        {
+            "data.phantom_cases": 4, "data.phantom_size": 32, "data.crop": [32, 32, 32],
+            "data.heldout_cases": 1, "data.test_fraction": 0.25, "model.channels": [8, 16, 32],
+            "optim.iterations": 4, "optim.warmup_iterations": 2, "method.meta_every_warmup": 1,
+            "method.meta_every_missing": 1, "method.meta_batches": 1, "runtime.progress": False,
+        }
+    )  # fmt: skip
+    view = ImportanceWeightsView(names=NAMES)
+    view.widget  # noqa: B018 - live before training starts
+    run = train(config, tmp_path_factory.mktemp("run") / "run", callbacks=[view.append])
+    return run, view
 
 
 @pytest.fixture(scope="module")
-def model():
-    torch.manual_seed(0)
-    return build_segmentation_network(NAMES, channels=(8, 16, 32)).eval()
+def model(trained):
+    return trained[0].model
+
+
+@pytest.fixture(scope="module")
+def cases(trained):
+    run = trained[0]
+    return split_cases(run, "test") + split_cases(run, "train")
 
 
 def forward_probabilities(model, image: np.ndarray, present) -> np.ndarray:
@@ -91,18 +108,18 @@ def test_weights_one_trace_per_modality_with_history_values():
     assert [(s.x0, s.x1) for s in rects] == [(1, 20), (21, 40)]  # warm-up, then missing modalities
 
 
-def test_weights_callback_appends_live_points():
-    records = history()
-    view = ImportanceWeightsView(names=NAMES)
+def test_weights_of_a_real_run_live_and_static(trained):
+    run, view = trained
+    metas = run.records("meta")
+    assert len(metas) == 4  # one meta step per iteration
     live = view.widget.children[0]
-    for record in records[:23]:  # up to the meta step at iteration 20 and into the missing stage
-        view.callback(record)
-    assert list(live.data[0].x) == [10, 20]
-    assert len([s for s in live.layout.shapes if s.type == "rect"]) == 2
-    for record in records[23:]:
-        view.callback(record)
-    assert list(live.data[0].x) == [10, 20, 30, 40]
-    np.testing.assert_allclose(live.data[0].y, [1 / (10 + it) for it in (10, 20, 30, 40)])
+    static = ImportanceWeightsView(run.history).figure()
+    for fig in (live, static):
+        assert [t.name for t in fig.data] == list(NAMES)
+        for m, name in enumerate(NAMES):
+            assert list(fig.data[m].x) == [r["iteration"] for r in metas]
+            np.testing.assert_allclose(fig.data[m].y, [r["importance"][name] for r in metas])
+        assert [(s.x0, s.x1) for s in fig.layout.shapes if s.type == "rect"] == [(0, 1), (2, 3)]
 
 
 # --- segmentation viewer ------------------------------------------------------------------------------------

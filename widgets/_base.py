@@ -33,6 +33,10 @@ class View:
     def widget(self) -> ipw.Widget:
         return self._build()
 
+    def show(self, live: bool = True) -> ipw.Widget | go.Figure:
+        """The live widget, or the static figure (``live=False``: batch runs, where no kernel stays)."""
+        return self.widget if live else self.figure()
+
     def _ipython_display_(self) -> None:
         from IPython.display import display
 

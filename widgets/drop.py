@@ -148,8 +148,7 @@ class ModalityDropExplorer(View):
             lines.append(f"<table class='mckd-probabilities'><tr>{cells}</tr></table>")
         elif (scores := self.dice()) is not None:
             cells = "".join(
-                f"<td>Dice {r}: <span class='mckd-dice-{r}'>{v:.3f}</span></td>"
-                for r, v in scores.items()
+                f"<td>Dice {r}: <span class='mckd-dice-{r}'>{v:.3f}</span></td>" for r, v in scores.items()
             )
             lines.append(f"<table class='mckd-dice'><tr>{cells}</tr></table>")
         return "<br>".join(lines)

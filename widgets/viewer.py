@@ -39,7 +39,7 @@ class SegmentationViewer(View):
         target: (R, D, H, W) ground truth, bool or {0, 1}; optional.
         prediction: (R, D, H, W) prediction, bool or {0, 1}; optional (``set_prediction`` replaces it).
         cursor: the (d, h, w) voxel the three planes cross at; default the centre of the ground-truth tumour
-            (the last region with voxels, WT in card order), else the volume centre.
+            (the union of the regions: WT for BraTS), else the volume centre.
     """
 
     def __init__(
@@ -75,10 +75,8 @@ class SegmentationViewer(View):
         return overlay.astype(bool)
 
     def _centre(self) -> list[int]:
-        if self.target is not None:
-            for channel in self.target[::-1]:
-                if channel.any():
-                    return [int(round(c)) for c in ndimage.center_of_mass(channel)]
+        if self.target is not None and self.target.any():
+            return [int(round(c)) for c in ndimage.center_of_mass(self.target.any(0))]
         return [s // 2 for s in self.image.shape[1:]]
 
     def set_prediction(self, prediction: np.ndarray | None) -> None:

@@ -99,8 +99,8 @@ class ImportanceWeightsView(View):
     """Importance weights of a run, live while it trains.
 
     ``ImportanceWeightsView(run.history)`` for a finished run; for a live one pass ``names`` (the card's
-    modality order) and hand ``view.callback`` to the trainer: every history record it receives is appended
-    and the figure refreshes at each meta step or stage change.
+    modality order) and hand ``view.append`` to the trainer (``train(..., callbacks=[view.append])``): every
+    history record is appended and the live figure refreshes at each meta step or stage change.
     """
 
     def __init__(self, history: Iterable[dict] = (), names: Sequence[str] | None = None):
@@ -126,6 +126,3 @@ class ImportanceWeightsView(View):
             self._stage = record["stage"]
         if self._live is not None and (record.get("kind") == "meta" or new_stage):
             sync_figure(self._live, self.figure())
-
-    def callback(self, record: dict) -> None:
-        self.append(record)
