@@ -14,6 +14,7 @@ from mckd_lab.data.brats import (
     AXES,
     BratsError,
     MissingModalityWarning,
+    format_inspection,
     inspect_folder,
     label_to_regions,
     load_case,
@@ -147,6 +148,10 @@ def test_missing_modality_is_kept_and_reported(tmp_path):
     assert not case.image[1].any() and case.image[0].any()
     report = inspect_folder(root)
     assert [c["present"] for c in report["cases"]] == [["flair", "t1ce", "t2"], list(MODALITIES)]
+    text = format_inspection(report)
+    assert "layout brats2020, 2 cases" in text
+    assert text.splitlines()[2].split()[:3] == [case_dir.name, "flair+t1ce+t2", "14x12x10"]
+    assert text.splitlines()[-1].endswith(f"not present: {case_dir.name} lacks t1")
 
 
 def test_inspect_folder_reports_layout_shape_spacing_and_label_counts(tmp_path):

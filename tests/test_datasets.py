@@ -116,10 +116,23 @@ def test_cache_reads_each_case_once(folder, monkeypatch, cache, reads):
     assert len(calls) == reads
 
 
-def test_epochs_leave_the_cached_cases_unchanged(folder):
-    dataset = brats_dataset(folder, crop_size=(8, 12, 12))  # padded and cropped, flipped, scaled
-    before = [{k: np.array(v, copy=True) for k, v in case.items()} for case in dataset.cases]
+@pytest.mark.parametrize("train", [True, False])  # evaluation: the whole transform is cached
+def test_epochs_and_samples_leave_the_cache_unchanged(folder, train):
+    def snapshot(case):
+        return {
+            k: v if isinstance(v, str) else torch.as_tensor(v).as_subclass(torch.Tensor).clone()
+            for k, v in case.items()
+        }
+
+    dataset = brats_dataset(folder, train=train, crop_size=(8, 12, 12))
+    before = [snapshot(case) for case in dataset.cases]
     for seed in range(3):
         list(make_loader(dataset, batch_size=2, seed=seed))
+    for i in range(4):
+        dataset[i % 2]["image"].mul_(0)  # a sample is the caller's to modify
     for case, saved in zip(dataset.cases, before, strict=True):
-        assert all(np.array_equal(case[k], saved[k]) for k in saved)
+        assert snapshot(case).keys() == saved.keys()
+        assert all(
+            v == saved[k] if isinstance(v, str) else torch.equal(v, saved[k])
+            for k, v in snapshot(case).items()
+        )

@@ -406,3 +406,27 @@ def inspect_folder(path: str | Path, card: Card | None = None) -> dict:
             }
         )
     return {"root": str(path), "layout": layout, "modalities": list(card.modality_names), "cases": cases}
+
+
+def format_inspection(report: dict) -> str:
+    """An :func:`inspect_folder` report as text: one line per case, then the cases missing a modality."""
+    names = report["modalities"]
+    lines = [
+        f"{report['root']}: BraTS layout {report['layout']}, {len(report['cases'])} cases, "
+        f"modalities {', '.join(names)}",
+        f"{'case':<24} {'present':<20} {'shape':<13} {'spacing mm':<16} voxels per label (card convention)",
+    ]
+    for case in report["cases"]:
+        labels = case["labels"]
+        counts = "no seg" if labels is None else "  ".join(f"{v}:{n}" for v, n in labels.items() if v != "0")
+        lines.append(
+            f"{case['id']:<24} {'+'.join(case['present']):<20} {'x'.join(map(str, case['shape'])):<13} "
+            f"{'x'.join(f'{z:g}' for z in case['spacing']):<16} {counts}"
+        )
+    incomplete = [c for c in report["cases"] if len(c["present"]) < len(names)]
+    if incomplete:
+        missing = "; ".join(
+            f"{c['id']} lacks {', '.join(m for m in names if m not in c['present'])}" for c in incomplete
+        )
+        lines.append(f"{len(incomplete)} case(s) kept with modalities marked not present: {missing}")
+    return "\n".join(lines)

@@ -13,9 +13,10 @@ Evaluation samples are whole cases cropped to the brain box (see :mod:`mckd_lab.
 :func:`make_loader` stacks samples into ``image`` (B, M, D, H, W), ``present`` (B, M), ``target``
 (B, 3, D, H, W) and ``case_id`` (list of B str).
 
-With ``cache=True`` each case is read from NIfTI once and kept in memory as normalised image + integer
-labels; only the transforms run per epoch. (An in-memory cache of our own rather than MONAI's CacheDataset,
-so that a bad case raises :class:`~mckd_lab.data.brats.BratsError` itself, not MONAI's RuntimeError wrapper.)
+With ``cache=True`` each case is read from NIfTI once and kept in memory (normalised image, integer labels,
+padding and crop-centre indices); only the random transforms run per epoch. (An in-memory cache of our own
+rather than MONAI's CacheDataset, so that a bad case raises :class:`~mckd_lab.data.brats.BratsError` itself,
+not MONAI's RuntimeError wrapper.)
 """
 
 from __future__ import annotations
@@ -27,11 +28,14 @@ import numpy as np
 import torch
 from monai.data import DataLoader
 from monai.transforms import (
+    CastToTyped,
     Compose,
     EnsureTyped,
+    FgBgToIndicesd,
     Lambda,
     RandCropByPosNegLabeld,
     RandFlipd,
+    RandomizableTrait,
     RandScaleIntensityd,
     SpatialPadd,
     Transform,
@@ -66,8 +70,10 @@ def training_transforms(
 ) -> Compose:
     """Pad to ``crop_size``, foreground-biased random crop, flips, intensity scale, regions, plain tensors.
 
-    Intensity scaling (x (1 + u), u ~ U(-0.1, 0.1), per channel) keeps zeros at zero, so background and
-    missing modalities stay 0; an additive shift would not.
+    The padding and the tumour / non-tumour voxel indices (int32) are deterministic, so a caching dataset
+    keeps them: finding them costs more than the rest of a sample. Intensity scaling (x (1 + u),
+    u ~ U(-0.1, 0.1), per channel) keeps zeros at zero, so background and missing modalities stay 0; an
+    additive shift would not.
     """
     if not 0.0 <= foreground_prob <= 1.0:
         raise ValueError(f"foreground_prob must be in [0, 1], got {foreground_prob}")
@@ -75,6 +81,8 @@ def training_transforms(
     return Compose(
         [
             SpatialPadd(keys, spatial_size=crop_size),
+            FgBgToIndicesd("label"),
+            CastToTyped(["label_fg_indices", "label_bg_indices"], dtype=torch.int32),
             RandCropByPosNegLabeld(
                 keys,
                 "label",
@@ -82,6 +90,8 @@ def training_transforms(
                 pos=foreground_prob,
                 neg=1.0 - foreground_prob,
                 num_samples=1,
+                fg_indices_key="label_fg_indices",
+                bg_indices_key="label_bg_indices",
             ),
             Lambda(_first),  # RandCropByPosNegLabeld returns a list of num_samples (1) dicts
             RandFlipd(keys, prob=0.5, spatial_axis=0),
@@ -106,13 +116,15 @@ def eval_transforms(card: Card) -> Compose:
 
 
 class BratsDataset(torch.utils.data.Dataset):
-    """BraTS cases as samples: each case read by :func:`load_case`, then ``transform`` (MONAI) per access.
+    """BraTS cases as samples: each case read by :func:`load_case`, then put through ``transform`` (MONAI).
 
     A read case is ``image`` (M, D, H, W), ``label`` (1, D, H, W) int16 (when a seg file exists),
     ``present`` (M,) and ``case_id``. ``present`` (optional mask) keeps only those modalities, intersected
     with each case's real availability, and zeroes the others. ``require_label`` refuses cases without a seg
-    file. With ``cache`` every case is read once, here, and kept in memory (the transforms never write into
-    it); without, every access reads the NIfTI files again. Errors reading a case are :class:`BratsError`.
+    file. With ``cache`` every case is read once, here, and kept in memory together with the output of the
+    transforms before the first random one (as MONAI's CacheDataset does); without, every access reads the
+    NIfTI files again. Samples never share memory with the cache. Errors reading a case are
+    :class:`BratsError` (not wrapped in MONAI's RuntimeError).
     """
 
     def __init__(
@@ -129,7 +141,9 @@ class BratsDataset(torch.utils.data.Dataset):
         self.present = None if present is None else np.asarray(present, dtype=bool)
         self.require_label = require_label
         self.card = card or load_card("brats")
-        self.cases = [self.read(d) for d in self.case_dirs] if cache else None
+        first_random = transform.get_index_of_first(lambda t: isinstance(t, RandomizableTrait))
+        self.cached_steps = len(transform.transforms) if first_random is None else first_random
+        self.cases = [self.prepare(d) for d in self.case_dirs] if cache else None
 
     def read(self, case_dir: Path) -> dict:
         case = load_case(case_dir, card=self.card)
@@ -154,12 +168,17 @@ class BratsDataset(torch.utils.data.Dataset):
             )
         return sample
 
+    def prepare(self, case_dir: Path) -> dict:
+        """A read case put through the deterministic transforms (what the cache keeps)."""
+        return self.transform(self.read(case_dir), end=self.cached_steps)
+
     def __len__(self) -> int:
         return len(self.case_dirs)
 
     def __getitem__(self, index: int) -> dict:
-        case = self.cases[index] if self.cases is not None else self.read(self.case_dirs[index])
-        return self.transform(dict(case))
+        case = self.cases[index] if self.cases is not None else self.prepare(self.case_dirs[index])
+        sample = self.transform(dict(case), start=self.cached_steps)
+        return {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in sample.items()}
 
 
 def brats_dataset(
