@@ -1,0 +1,92 @@
+"""Learning omega: the reference's alternating meta step and a bi-level hypergradient step (METHOD.md).
+
+Batches follow the batch contract (``image``, ``present`` = the data's availability, ``target``).
+``task_loss(logits, target) -> scalar``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from mckd_lab.method.importance import ImportanceWeights, mckd_pair_weights
+from mckd_lab.method.kd import kd_pairs, pairwise_l1
+
+Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def meta_step(model: nn.Module, weights: ImportanceWeights, optimizer: torch.optim.Optimizer, batch: dict,
+              task_loss: Loss) -> float:  # fmt: skip
+    """The reference meta step: one Adam step on omega only; returns the task loss before the step.
+
+    All (available) modalities present; each bottleneck f_m is multiplied by w_m = softmax(omega)_m before
+    decoding; the task loss is differentiated with respect to omega alone. The network is not stepped and its
+    ``.grad`` are left untouched (the encoder runs without autograd: omega enters after it).
+    """
+    present = batch["present"].bool()
+    with torch.no_grad():
+        encoded = model.encode(model.zero_missing(batch["image"], present))
+    loss = task_loss(model.decode(encoded, present, scale=weights()).logits, batch["target"])
+    optimizer.zero_grad(set_to_none=True)
+    (weights.omega.grad,) = torch.autograd.grad(loss, [weights.omega])
+    optimizer.step()
+    return float(loss.detach())
+
+
+class _Bottlenecks(nn.Module):
+    """``net`` seen as params -> bottlenecks, for ``torch.func.functional_call``."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, image, present):
+        return self.net.encode(self.net.zero_missing(image, present), present).bottleneck
+
+
+def kd_pair_losses(features: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+    """L_ij = mean over the batch of l_ij on the pairs present: (M, M), so that L_KD = sum_ij c_ij L_ij."""
+    per_pair = pairwise_l1(features)
+    return torch.where(kd_pairs(present), per_pair, torch.zeros_like(per_pair)).mean(0)
+
+
+def bilevel_meta_step(model: nn.Module, weights: ImportanceWeights, optimizer: torch.optim.Optimizer,
+                      train_batch: dict, heldout_batch: dict, task_loss: Loss, lr: float,
+                      kd_weight: float) -> float:  # fmt: skip
+    """One Adam step on omega by the hypergradient of a one-step unrolled update (beyond the reference).
+
+    Training loss L(theta; c) = task + kd_weight * sum_ij c_ij L_ij(theta), c_ij = w_i / w_j; one SGD step
+    theta' = theta - lr grad L. The held-out loss under missing modalities (``heldout_batch["present"]``, a
+    sampled subset) then has
+        d L_meta(theta') / d c_ij = -lr * kd_weight * <grad L_meta(theta'), grad L_ij(theta)>,
+    first order (L is linear in c). Both gradients are taken at the current parameters (the trainer has just
+    stepped, so these are theta', and grad L_ij is evaluated one step late: an O(lr) difference). The inner
+    products for all pairs come from one forward-mode product of L_ij along grad L_meta; the chain to omega
+    goes through c_ij = w_i / w_j by autograd. The network is not stepped. Returns the held-out loss.
+    """
+    params = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    out = model(heldout_batch["image"], heldout_batch["present"].bool())
+    meta_loss = task_loss(out.logits, heldout_batch["target"])
+    grads = torch.autograd.grad(meta_loss, list(params.values()), allow_unused=True)
+    tangents = {
+        f"net.{n}": torch.zeros_like(p) if g is None else g
+        for (n, p), g in zip(params.items(), grads, strict=True)
+    }
+    primals = {f"net.{n}": p.detach() for n, p in params.items()}
+    wrapper, present = _Bottlenecks(model), train_batch["present"].bool()
+
+    def pair_losses(p):
+        return kd_pair_losses(
+            torch.func.functional_call(wrapper, p, (train_batch["image"], present)), present
+        )
+
+    _, inner = torch.func.jvp(pair_losses, (primals,), (tangents,))  # (M, M): <grad L_meta, grad L_ij>
+    hyper = -lr * kd_weight * inner.detach()
+    optimizer.zero_grad(set_to_none=True)
+    (weights.omega.grad,) = torch.autograd.grad(
+        (hyper * mckd_pair_weights(weights.omega)).sum(), [weights.omega]
+    )
+    optimizer.step()
+    return float(meta_loss.detach())
