@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 import shutil
 
 import nibabel as nib
@@ -335,3 +336,14 @@ def test_phantoms_read_through_the_loader_and_every_layout_by_renaming(tmp_path)
             np.testing.assert_array_equal(again.label, case.label)
             assert again.geometry.crop == case.geometry.crop
         assert scan_folder(root)[0] == target_layout
+
+
+def test_cli_inspect_prints_the_report_and_exits_2_on_bad_input(tmp_path, capsys):
+    from mckd_lab.cli import main
+
+    root = write_layout(tmp_path / "data", "brats2021")
+    assert main(["inspect", str(root), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == json.loads(json.dumps(inspect_folder(root)))
+    (tmp_path / "empty").mkdir()
+    assert main(["inspect", str(tmp_path / "empty")]) == 2
+    assert "no BraTS case folders found" in capsys.readouterr().err
