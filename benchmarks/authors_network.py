@@ -46,7 +46,9 @@ def cpu_shims():
 def build_authors_network(authors_dir: Path):
     """The authors' DualNet as their train.py builds it for BraTS (IN, LeakyReLU, weight std, 3 classes)."""
     if not (authors_dir / "DualNet.py").exists():
-        raise FileNotFoundError(f"{authors_dir} has no DualNet.py: pass a checkout of billhhh/MCKD with --authors")
+        raise FileNotFoundError(
+            f"{authors_dir} has no DualNet.py: pass a checkout of billhhh/MCKD with --authors"
+        )
     sys.path.insert(0, str(authors_dir))
     with cpu_shims():
         dualnet = importlib.import_module("DualNet")

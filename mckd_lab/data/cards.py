@@ -59,7 +59,9 @@ class Card:
         for m in self.modalities:
             if m.name == name:
                 return m
-        raise KeyError(f"card {self.name!r} has no modality {name!r}; it has {', '.join(self.modality_names)}")
+        raise KeyError(
+            f"card {self.name!r} has no modality {name!r}; it has {', '.join(self.modality_names)}"
+        )
 
 
 def cards_dir() -> Path:
@@ -95,7 +97,9 @@ def parse_card(text: str, path: Path | None = None) -> Card:
         for m in header["modalities"]
     )
     regions = tuple(
-        Region(name=r["name"], labels=tuple(int(v) for v in r["labels"]), description=r.get("description", ""))
+        Region(
+            name=r["name"], labels=tuple(int(v) for v in r["labels"]), description=r.get("description", "")
+        )
         for r in header.get("regions", ())
     )
     return Card(
@@ -110,7 +114,7 @@ def parse_card(text: str, path: Path | None = None) -> Card:
     )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_card(name: str) -> Card:
     """Load ``data_cards/<name>.md`` (e.g. ``brats``, ``adni``, ``brats_phantoms``, ``adni_synthetic``)."""
     path = cards_dir() / f"{name}.md"
