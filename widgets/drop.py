@@ -9,6 +9,7 @@ present ones, their skips the zero response) at the cost of one decoder pass.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from contextlib import contextmanager
 
 import ipywidgets as ipw
 import numpy as np
@@ -28,6 +29,18 @@ from .viewer import SegmentationViewer
 DEFAULT_STRIDE = 32
 
 
+@contextmanager
+def limit_threads(threads: int | None):
+    """Run the block with ``threads`` torch (intra-op) threads, then restore the setting; None: unchanged."""
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 class ModalityDropExplorer(View):
     """A checkbox per modality; each toggle re-runs the decoder on the cached encodings of one case.
 
@@ -39,6 +52,9 @@ class ModalityDropExplorer(View):
             the class id. Optional: without it no Dice / true class is shown.
         available: (M,) bools, the modalities the case has (default all); the others cannot be ticked.
         card: the data card naming modalities, regions and classes (default ``brats``).
+        threads: torch threads while encoding and on each toggle (None: torch's setting). One by default: a
+            48^3 decode gains little from more, and on a busy machine OpenMP threads waiting on each other
+            make a toggle several times slower (benchmarks/results/widgets.json).
     """
 
     def __init__(
@@ -49,6 +65,7 @@ class ModalityDropExplorer(View):
         available: Sequence[bool] | None = None,
         card: Card | None = None,
         title: str = "",
+        threads: int | None = 1,
     ):
         self.card = card or load_card("brats")
         self.names = self.card.modality_names
@@ -58,15 +75,15 @@ class ModalityDropExplorer(View):
             )
         self.model = model.eval()
         self.classification = isinstance(image, Mapping)
-        self.target, self.title = target, title
+        self.target, self.title, self.threads = target, title, threads
         self.available = tuple(
             bool(a) for a in (available if available is not None else [True] * len(self.names))
         )
         self.present = self.available
-        with torch.inference_mode():
+        with limit_threads(threads), torch.inference_mode():
             x = self._batch(image)
             self.encoded, self.zero = model.encode(x), model.encode_zero(x)
-        self.full = self.predict(self.available)
+            self.full = self.predict(self.available)
         self.probabilities = self.full
         if not self.classification:
             self.viewer = SegmentationViewer(
@@ -106,16 +123,17 @@ class ModalityDropExplorer(View):
         lacking = [m for m, p, a in zip(self.names, present, self.available, strict=True) if p and not a]
         if lacking:
             raise ValueError(f"this case has no {', '.join(lacking)}; it has {self._join(self.available)}")
-        self.probabilities = self.predict(present)
-        self.present = present
-        if "widget" in self.__dict__:
-            self._set_ticks(present)
-        if not self.classification:
-            self.viewer.set_prediction(self.probabilities > THRESHOLD)
-        if "widget" in self.__dict__:
-            self._report.value = self.report_html()
-            if self.classification:
-                sync_figure(self._live, self.figure())
+        with limit_threads(self.threads):
+            self.probabilities = self.predict(present)
+            self.present = present
+            if "widget" in self.__dict__:
+                self._set_ticks(present)
+            if not self.classification:
+                self.viewer.set_prediction(self.probabilities > THRESHOLD)
+            if "widget" in self.__dict__:
+                self._report.value = self.report_html()
+                if self.classification:
+                    sync_figure(self._live, self.figure())
 
     def _join(self, mask: Sequence[bool]) -> str:
         return ", ".join(m for m, p in zip(self.names, mask, strict=True) if p) or "none"

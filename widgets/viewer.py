@@ -14,7 +14,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 from scipy import ndimage
 
-from ._base import REGION_COLOURS, View, overlay_scale, sync_figure
+from ._base import REGION_COLOURS, View, overlay_scale
 
 PLANES = ("axial", "coronal", "sagittal")  # slicing axis 0 (D), 1 (H), 2 (W) of a (D, H, W) volume
 
@@ -85,48 +85,62 @@ class SegmentationViewer(View):
         self._refresh()
 
     def _refresh(self) -> None:
+        """Push the changing trace properties into the live figure (cheaper than rebuilding the figure)."""
         if "widget" in self.__dict__:
-            sync_figure(self._live, self.figure())
+            with self._live.batch_update():
+                for trace, state in zip(self._live.data, self._states(), strict=True):
+                    trace.update(state)
+                self._live.layout.title.text = self._title()
+
+    def _title(self) -> str:
+        d, h, w = self.cursor
+        return f"{self.title} {self.sequence} at (d, h, w) = ({d}, {h}, {w})".strip()
+
+    def _states(self) -> list[dict]:
+        """Per trace, in figure order (per plane: the image, ground-truth outlines, prediction fills, each
+        region in ``regions`` order), the properties the controls change."""
+        volume = self.image[self.names.index(self.sequence)]
+        lo, hi = np.percentile(volume, [0.5, 99.5]) if volume.any() else (0.0, 1.0)
+        states = []
+        for axis in range(3):
+            index = self.cursor[axis]
+            states.append(
+                {
+                    "z": take(volume, axis, index),
+                    "zmin": lo,
+                    "zmax": hi if hi > lo else lo + 1,
+                    "hovertemplate": f"{self.sequence} %{{z:.2f}}<extra></extra>",
+                }
+            )
+            for overlay, fill in ((self.target, False), (self.prediction, True)):
+                for r, region in enumerate(self.regions):
+                    mask = None if overlay is None else take(overlay[r], axis, index)
+                    states.append(
+                        {
+                            "z": None if mask is None else (mask if fill else outline(mask)).astype(np.uint8),
+                            "opacity": self.opacity if fill else 1.0,
+                            "visible": mask is not None and self.shown[region],
+                        }
+                    )
+        return states
 
     def figure(self) -> go.Figure:
         fig = make_subplots(rows=1, cols=3, subplot_titles=PLANES, horizontal_spacing=0.03)
-        volume = self.image[self.names.index(self.sequence)]
-        lo, hi = np.percentile(volume, [0.5, 99.5]) if volume.any() else (0.0, 1.0)
-        for axis in range(3):
-            col = axis + 1
-            fig.add_trace(
-                go.Heatmap(
-                    z=take(volume, axis, self.cursor[axis]),
-                    colorscale="gray",
-                    zmin=lo,
-                    zmax=hi if hi > lo else lo + 1,
-                    showscale=False,
-                    hovertemplate=f"{self.sequence} %{{z:.2f}}<extra></extra>",
-                ),
-                row=1,
-                col=col,
-            )
-            for overlay, kind in ((self.target, "ground truth"), (self.prediction, "prediction")):
-                for r, region in enumerate(self.regions):
-                    colour = REGION_COLOURS.get(region, "#ffffff")
-                    mask = take(overlay[r], axis, self.cursor[axis]) if overlay is not None else None
-                    if mask is not None and kind == "ground truth":
-                        mask = outline(mask)
-                    fig.add_trace(
-                        go.Heatmap(
-                            z=mask.astype(np.uint8) if mask is not None else None,
-                            colorscale=overlay_scale(colour),
-                            zmin=0,
-                            zmax=1,
-                            showscale=False,
-                            opacity=1.0 if kind == "ground truth" else self.opacity,
-                            visible=mask is not None and self.shown[region],
-                            name=f"{region} {kind}",
-                            hovertemplate=f"{region} {kind}<extra></extra>",
-                        ),
-                        row=1,
-                        col=col,
+        states = iter(self._states())
+        for col in (1, 2, 3):
+            fig.add_trace(go.Heatmap(colorscale="gray", showscale=False, **next(states)), row=1, col=col)
+            for kind in ("ground truth", "prediction"):
+                for region in self.regions:
+                    overlay = go.Heatmap(
+                        colorscale=overlay_scale(REGION_COLOURS.get(region, "#ffffff")),
+                        zmin=0,
+                        zmax=1,
+                        showscale=False,
+                        name=f"{region} {kind}",
+                        hovertemplate=f"{region} {kind}<extra></extra>",
+                        **next(states),
                     )
+                    fig.add_trace(overlay, row=1, col=col)
             fig.update_xaxes(showticklabels=False, constrain="domain", row=1, col=col)
             fig.update_yaxes(
                 showticklabels=False,
@@ -135,12 +149,8 @@ class SegmentationViewer(View):
                 row=1,
                 col=col,
             )
-        d, h, w = self.cursor
         fig.update_layout(
-            title=f"{self.title} {self.sequence} at (d, h, w) = ({d}, {h}, {w})".strip(),
-            height=340,
-            margin={"t": 60, "b": 10, "l": 10, "r": 10},
-            showlegend=False,
+            title=self._title(), height=340, margin={"t": 60, "b": 10, "l": 10, "r": 10}, showlegend=False
         )
         return fig
 
