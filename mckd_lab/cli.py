@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (ValueError, FileNotFoundError, NotADirectoryError, KeyError) as err:
+    except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, KeyError) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"mckd-lab {args.command}: error: {message}", file=sys.stderr)
         return 2
