@@ -19,6 +19,7 @@ of ``None`` without an annotation accepts anything.
         error.json                  the error of a failed run: it is reported and retried on the next call
     <out>/results.csv, results.json one row per run: notebook, run, parameters, seed, status, seconds,
                                     error, and the scalar fields of its metrics.json as ``metrics.<key>``
+                                    (nested keys joined by dots; lists and the ``protocol`` left out)
 
 A sweep spec (YAML file or dict); relative notebook paths are relative to the spec file's folder::
 
@@ -38,6 +39,10 @@ Command line (also reachable through ``mckd-lab run`` / ``mckd-lab sweep``)::
     python -m mckd_lab.experiments run NOTEBOOK --out DIR [-p NAME VALUE]...
     python -m mckd_lab.experiments sweep SPEC.yaml [--workers N] [--out DIR]
     python -m mckd_lab.experiments strip notebooks/*.ipynb [--check]
+
+Notebook helpers, so that notebook cells stay one call each: `brats_config` (a Binder-sized BraTS config from
+a notebook's parameters; ADNI's is ``mckd_lab.classification.adni_config``), `prepare_run` (the run folder and
+its data), `train_or_reuse` (running a notebook again reuses or restarts its run) and `split_cases`.
 
 papermill (and through it jupyter_client) is imported inside the functions that execute notebooks, so
 importing this module stays light and free of Jupyter.
@@ -402,7 +407,8 @@ def _row(run: Run, folder: Path, cached: bool) -> dict:
     }
     metrics = folder / "run" / "metrics.json"
     if row["status"] == "done" and metrics.is_file():
-        row.update({f"metrics.{k}": v for k, v in flatten(json.loads(metrics.read_text())).items()})
+        summary = {k: v for k, v in json.loads(metrics.read_text()).items() if k != "protocol"}
+        row.update({f"metrics.{k}": v for k, v in flatten(summary).items()})
     return row
 
 
@@ -487,35 +493,135 @@ RUN_FILES = ("config.json", "splits.json", "history.jsonl", "checkpoint.pt", "mo
              "scaler.json")  # fmt: skip
 
 
+def brats_config(
+    data: str | Path | None = None,
+    *,
+    method: str = "mckd",
+    iterations: int = 200,
+    seed: int = 0,
+    cases: int = 16,
+    size: int = 32,
+    **overrides,
+):
+    """A validated BraTS ``RunConfig`` sized for a laptop or Binder (notebook 01's parameters).
+
+    ``data``: a BraTS folder, or None for ``cases`` phantoms of ``size``^3 (phantom seed 0) generated in the
+    run. ``size`` is also the training crop. The data and its split stay fixed (seed 0) while ``seed`` seeds
+    the training, so seeds compare like with like. The first 40 % of the iterations keep every modality
+    (reference: 80k of 115k); a meta round every ``iterations // 20`` iterations on 2 held-out batches and an
+    LCKD election every ``iterations // 5`` (reference: 100-500 and 2 held-out cases); 2 held-out cases, a
+    quarter of the cases for testing. ``overrides``: dotted keys, e.g. ``**{"optim.lr": 3e-3}``.
+    Raises ValueError naming the field when a value is invalid.
+    """
+    from mckd_lab.config import RunConfig
+
+    every = max(1, iterations // 20)
+    base = {
+        "data.root": None if not data else str(data), "data.phantom_cases": cases, "data.phantom_size": size,
+        "data.crop": [size] * 3, "data.heldout_cases": 2, "data.test_fraction": 0.25,
+        "method.name": method, "method.meta_every_warmup": every, "method.meta_every_missing": every,
+        "method.meta_batches": 2, "method.elect_every": 4 * every,
+        "optim.iterations": iterations, "optim.warmup_iterations": 2 * iterations // 5, "runtime.seed": seed,
+    }  # fmt: skip
+    return RunConfig().with_overrides(base | overrides).validate()
+
+
+def _clear_other_run(config, run_dir: Path) -> None:
+    import shutil
+
+    saved = run_dir / "config.json"
+    old = json.loads(saved.read_text()) if saved.is_file() else None
+    if old == config.to_dict() or (old is None and not (run_dir / "history.jsonl").is_file()):
+        return
+    print(f"{run_dir} held a run with another configuration: starting it again", file=sys.stderr)
+    for name in RUN_FILES:
+        (run_dir / name).unlink(missing_ok=True)
+    if old is not None and old.get("data") != config.to_dict()["data"]:
+        shutil.rmtree(run_dir / "phantoms", ignore_errors=True)
+
+
+def prepare_run(config, run_dir: str | Path) -> Path:
+    """Make ``run_dir`` ready for ``config`` and return its data (BraTS folder or ADNIMERGE CSV).
+
+    A run of another configuration found there is removed (its ``RUN_FILES``; generated phantoms too when the
+    data section changed), and said so, so that running a notebook again with new parameters just works.
+    Phantoms or a synthetic cohort are generated on first use, as training would.
+    """
+    run_dir = Path(run_dir)
+    _clear_other_run(config, run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if config.data.task == "brats":
+        from mckd_lab.tasks import phantoms_folder
+
+        return Path(config.data.root) if config.data.root else phantoms_folder(config.data, run_dir)
+    from mckd_lab.classification import data_path
+
+    return data_path(config.data, run_dir)
+
+
 def train_or_reuse(config, run_dir: str | Path, **train_kwargs):
     """Train ``config`` into ``run_dir`` so that running a notebook again just works; returns the ``Run``.
 
-    - ``run_dir`` holds a run of the same config: it is reused (an interrupted one continues from its
-      checkpoint, a finished one returns at once).
-    - it holds a run of another config: that run's files (``RUN_FILES``) are removed first, and said so;
-      generated data (``phantoms/``, the cohort) is kept when the data section is unchanged.
-    - else: a fresh run. ``train_kwargs`` go to ``mckd_lab.train.train`` (e.g. ``callbacks``).
+    A run of the same config found there is reused (an interrupted one continues from its checkpoint, a
+    finished one returns at once); one of another config is cleared first (`prepare_run`).
+    ``train_kwargs`` go to ``mckd_lab.train.train`` (e.g. ``callbacks``).
     """
-    import shutil
-
     from mckd_lab.train import load_run, train
 
     run_dir = Path(run_dir)
-    saved = run_dir / "config.json"
-    old = json.loads(saved.read_text()) if saved.is_file() else None
-    if old == config.to_dict():
+    _clear_other_run(config, run_dir)
+    if (run_dir / "config.json").is_file():
         if (run_dir / "model.pt").is_file():
             return load_run(run_dir)
         if (run_dir / "checkpoint.pt").is_file():
             return train(config, run_dir, resume=True, **train_kwargs)
-    if old is not None or (run_dir / "history.jsonl").is_file():
-        print(f"{run_dir} held a run with another configuration: starting it again", file=sys.stderr)
-        for name in RUN_FILES:
-            (run_dir / name).unlink(missing_ok=True)
-        if old is not None and old.get("data") != config.to_dict()["data"]:
-            for folder in ("phantoms", "cohort"):
-                shutil.rmtree(run_dir / folder, ignore_errors=True)
+    for name in RUN_FILES:  # a run stopped before its first checkpoint: start it again
+        (run_dir / name).unlink(missing_ok=True)
     return train(config, run_dir, **train_kwargs)
+
+
+@dataclass(frozen=True)
+class Subject:
+    """One ADNI subject as a run sees it: ``image`` {modality: float32 (F_m,)} scaled with the run's scaler
+    (zeros where absent), ``present`` bool (M,), ``target`` class id (CN 0, MCI 1, AD 2), ``case_id``
+    ``"<RID>_<VISCODE>"``. The fields match ``Case``'s, so views take either."""
+
+    case_id: str
+    image: dict
+    present: Any
+    target: int
+
+
+def split_cases(run, split: str = "test") -> list:
+    """The cases of one split of a run (``splits.json``), read from the run's data: BraTS ``Case`` objects
+    (``mckd_lab.data.brats.load_case``), or ADNI `Subject` objects."""
+    names = json.loads((Path(run.run_dir) / "splits.json").read_text())[split]
+    if run.config.data.task == "brats":
+        from mckd_lab.data.brats import load_case, scan_folder
+
+        root = Path(run.config.data.root) if run.config.data.root else Path(run.run_dir) / "phantoms"
+        by_id = {Path(d).name: d for d in scan_folder(root)[1]}
+        return [load_case(by_id[name]) for name in names]
+    import numpy as np
+
+    from mckd_lab.classification import data_path, load_scaler, restrict
+    from mckd_lab.data.adni import AdniDataset, read_adnimerge
+    from mckd_lab.tasks import make_task
+
+    task = make_task(run.config.data.task)
+    table = read_adnimerge(data_path(run.config.data, run.run_dir), cognitive=task.cognitive)
+    table = restrict(table, task.keep_mask(run.config.data))
+    rows = np.flatnonzero(np.isin(table.rid, [int(r) for r in names]))
+    ds = AdniDataset(table, rows, load_scaler(Path(run.run_dir) / "scaler.json"))
+    return [
+        Subject(
+            ds.case_ids[i],
+            {m: x[i].numpy() for m, x in ds.inputs.items()},
+            ds.present[i].numpy(),
+            int(ds.target[i]),
+        )  # fmt: skip
+        for i in range(len(ds))
+    ]
 
 
 # ---------------------------------------------------------------------------------------------- outputs
