@@ -32,8 +32,8 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
-# Small parameters for notebook 03 (its `parameters` cell names them; papermill injects them).
-SMALL = {}
+# Notebook 03 trains a tiny run of its own (phantoms at 32^3, 4 iterations) into root/run.
+SMALL = {"iterations": 4, "size": 32, "run_dir": "run"}
 
 # Polled in the page: "running", "done", or "error: <cell outputs>" as soon as a cell fails.
 NOTEBOOK_STATE = """() => {
@@ -181,14 +181,16 @@ def test_notebook_03_widgets_in_jupyterlab(tmp_path):
             assert page.get_by_text("Error displaying widget").count() == 0
             assert not [e for e in console_errors if "widget" in e.lower()], console_errors
 
-            dice = page.locator(".mckd-dice").first
-            plot = page.locator(".js-plotly-plot").filter(has=page.locator(".heatmaplayer")).first
-            dice.scroll_into_view_if_needed()
+            explorer = page.locator(".mckd-modalitydropexplorer")
+            assert explorer.count() == 1, "notebook 03 shows one modality drop explorer"
+            dice = explorer.locator(".mckd-dice")
+            plot = explorer.locator(".js-plotly-plot")
+            plot.scroll_into_view_if_needed()
             dice_before, plot_before = dice.inner_text(), plot.screenshot()
             save_screenshot(page, tmp_path, "notebook03_all_modalities.png")
-            page.locator(".widget-checkbox", has_text="t1ce").locator("input").first.uncheck()
+            explorer.locator(".widget-checkbox", has_text="t1ce").locator("input").uncheck()
             page.wait_for_function(
-                "before => document.querySelector('.mckd-dice').innerText !== before",
+                "before => document.querySelector('.mckd-modalitydropexplorer .mckd-dice').innerText !== before",
                 arg=dice_before,
                 timeout=30_000,
             )
@@ -196,7 +198,7 @@ def test_notebook_03_widgets_in_jupyterlab(tmp_path):
             assert plot.screenshot() != plot_before, (
                 "the segmentation view did not change after unticking t1ce"
             )
-            assert "t1ce" in page.locator(".mckd-dice").first.locator("xpath=..").inner_text()  # filled t1ce
+            assert "filled (mean of the present bottlenecks): t1ce" in explorer.inner_text()
             save_screenshot(page, tmp_path, "notebook03_without_t1ce.png")
         finally:
             browser.close()

@@ -265,6 +265,15 @@ def test_distilled_features_pairs_and_filled_distances(model):
     assert view._live.data[1].y[0] == pytest.approx(view.pairs[2, 0], rel=1e-5)
 
 
+def test_distilled_features_of_loader_cases_of_any_size(model, cases):
+    assert {c.image.shape[1:] for c in cases} != {(32, 32, 32)}  # brain crops: padded for the network
+    view = DistilledFeatures(
+        model, [c.image for c in cases], [c.case_id for c in cases], [c.present for c in cases]
+    )
+    assert view.pairs.shape == (4, 4) and np.isfinite(view.pairs).all()
+    assert len(view.figure().data[2].x) == len(cases)
+
+
 # --- attributions -------------------------------------------------------------------------------------------
 
 

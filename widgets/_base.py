@@ -31,7 +31,10 @@ class View:
 
     @functools.cached_property
     def widget(self) -> ipw.Widget:
-        return self._build()
+        """The live box, with the CSS class ``mckd-<view class in lower case>`` (what browser tests look for)."""
+        box = self._build()
+        box.add_class(f"mckd-{type(self).__name__.lower()}")
+        return box
 
     def show(self, live: bool = True) -> ipw.Widget | go.Figure:
         """The live widget, or the static figure (``live=False``: batch runs, where no kernel stays)."""

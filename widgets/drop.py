@@ -29,6 +29,15 @@ from .viewer import SegmentationViewer
 DEFAULT_STRIDE = 32
 
 
+def padded_batch(model: nn.Module, image: np.ndarray) -> torch.Tensor:
+    """(M, D, H, W) -> a (1, M, D', H', W') float32 batch on the model's device, zero-padded at the end of each
+    axis to a multiple of the network's output stride (the decoder needs whole multiples)."""
+    x = torch.as_tensor(np.asarray(image), dtype=torch.float32, device=next(model.parameters()).device)[None]
+    stride = getattr(model.encoders[0], "stride", DEFAULT_STRIDE)
+    pad = [(-s) % stride for s in x.shape[2:]]
+    return F.pad(x, [p for axis in reversed(pad) for p in (0, axis)])
+
+
 @contextmanager
 def limit_threads(threads: int | None):
     """Run the block with ``threads`` torch (intra-op) threads, then restore the setting; None: unchanged."""
@@ -98,11 +107,8 @@ class ModalityDropExplorer(View):
                 m: torch.as_tensor(np.asarray(image[m]), dtype=torch.float32, device=device)[None]
                 for m in self.names
             }
-        x = torch.as_tensor(np.asarray(image), dtype=torch.float32, device=device)[None]
-        self.shape = tuple(x.shape[2:])
-        stride = getattr(self.model.encoders[0], "stride", DEFAULT_STRIDE)
-        pad = [(-s) % stride for s in self.shape]
-        return F.pad(x, [p for axis in reversed(pad) for p in (0, axis)])
+        self.shape = tuple(np.shape(image)[1:])
+        return padded_batch(self.model, image)
 
     @torch.inference_mode()
     def predict(self, present: Sequence[bool]) -> np.ndarray:

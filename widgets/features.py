@@ -26,15 +26,15 @@ from mckd_lab.data.cards import Card, load_card
 from mckd_lab.data.missing import all_subsets, subset_name
 
 from ._base import View, modality_colour, sync_figure
+from .drop import padded_batch
 
 
 def bottlenecks(model: nn.Module, image: np.ndarray) -> np.ndarray:
-    """Real per-modality bottlenecks (``model.encode``) of one case: image (M, D, H, W) -> (M, C, *s)."""
+    """Real per-modality bottlenecks (``model.encode``) of one case: image (M, D, H, W) -> (M, C, *s), the
+    volume zero-padded to a multiple of the network's stride first."""
     model.eval()
-    device = next(model.parameters()).device
     with torch.inference_mode():
-        x = torch.as_tensor(np.asarray(image), dtype=torch.float32, device=device)[None]
-        return model.encode(x).bottleneck[0].float().cpu().numpy()
+        return model.encode(padded_batch(model, image)).bottleneck[0].float().cpu().numpy()
 
 
 def pair_distances(features: Sequence[np.ndarray], available: Sequence[Sequence[bool]]) -> np.ndarray:
@@ -67,7 +67,7 @@ class DistilledFeatures(View):
 
     Args:
         model: a network of the model contract (``encode``).
-        images: per case (M, D, H, W) float volumes (e.g. ``Case.image``), sizes the network accepts.
+        images: per case (M, D, H, W) float volumes (e.g. ``Case.image``), any size (padded as needed).
         case_ids: names for the hover text (default case 0, 1, ...).
         available: per case M bools (e.g. ``Case.present``); default all.
         card: the data card naming the modalities (default ``brats``).
