@@ -10,6 +10,7 @@ import plotly.graph_objects as go
 import pytest
 import torch
 
+from mckd_lab.classification import adni_config
 from mckd_lab.config import RunConfig
 from mckd_lab.data.cards import load_card
 from mckd_lab.data.missing import all_subsets
@@ -196,6 +197,40 @@ def test_drop_explorer_keeps_one_modality_and_respects_the_case(cases, model):
     assert [explorer.checkboxes[m].value for m in NAMES] == [False, True, False, False]
     explorer.checkboxes["t1"].value = False  # the last one: put back
     assert explorer.checkboxes["t1"].value and explorer.present == (False, True, False, False)
+
+
+@pytest.fixture(scope="module")
+def adni_run(tmp_path_factory):
+    """A tiny ADNI classification run (synthetic cohort of 150 subjects, one epoch)."""
+    config = adni_config(subjects=150, epochs=1, **{"runtime.progress": False})
+    return train(config, tmp_path_factory.mktemp("adni") / "run")
+
+
+def test_drop_explorer_class_probabilities_adni(adni_run):
+    card = load_card("adni")
+    subject = split_cases(adni_run, "test")[0]
+    model = adni_run.model
+
+    def forward(present) -> np.ndarray:
+        keep = torch.tensor([present])
+        inputs = {m: torch.as_tensor(subject.image[m])[None] for m in card.modality_names}
+        with torch.no_grad():
+            return torch.softmax(model(model.zero_missing(inputs, keep), keep).logits, 1)[0].numpy()
+
+    explorer = ModalityDropExplorer(
+        model, subject.image, subject.target, available=subject.present, card=card
+    )
+    available = tuple(bool(p) for p in subject.present)
+    np.testing.assert_allclose(explorer.probabilities, forward(available), atol=1e-6)
+    explorer.widget  # noqa: B018
+    dropped = next(m for m, p in zip(card.modality_names, available, strict=True) if p)
+    explorer.checkboxes[dropped].value = False
+    present = tuple(p and m != dropped for m, p in zip(card.modality_names, available, strict=True))
+    live = explorer._live
+    np.testing.assert_allclose(live.data[1].y, forward(present), atol=1e-6)
+    np.testing.assert_allclose(live.data[0].y, forward(available), atol=1e-6)  # the all-available bars stay
+    assert list(live.data[0].x)[subject.target].endswith("(true)")
+    assert dropped in explorer.filled() and "mckd-probabilities" in explorer._report.value
 
 
 # --- subset table -------------------------------------------------------------------------------------------

@@ -94,6 +94,7 @@ class ModalityDropExplorer(View):
             self.encoded, self.zero = model.encode(x), model.encode_zero(x)
             self.full = self.predict(self.available)
         self.probabilities = self.full
+        self.full_dice = self.dice()
         if not self.classification:
             self.viewer = SegmentationViewer(
                 image, self.names, self.card.region_names, target, self.full > THRESHOLD, title=title
@@ -165,14 +166,16 @@ class ModalityDropExplorer(View):
             f"bottlenecks): {', '.join(self.filled()) or 'none'}"
         ]
         if self.classification:
-            classes = [self.card.labels[k] for k in sorted(self.card.labels)]
             cells = "".join(
-                f"<td>{c}: {100 * p:.1f}%</td>" for c, p in zip(classes, self.probabilities, strict=True)
+                f"<td>{c}: {100 * p:.1f}% <small>(all available {100 * f:.1f}%)</small></td>"
+                for c, p, f in zip(self._classes(), self.probabilities, self.full, strict=True)
             )
             lines.append(f"<table class='mckd-probabilities'><tr>{cells}</tr></table>")
         elif (scores := self.dice()) is not None:
             cells = "".join(
-                f"<td>Dice {r}: <span class='mckd-dice-{r}'>{v:.3f}</span></td>" for r, v in scores.items()
+                f"<td>Dice {r}: <span class='mckd-dice-{r}'>{v:.3f}</span> "
+                f"<small>(all available {self.full_dice[r]:.3f})</small></td>"
+                for r, v in scores.items()
             )
             lines.append(f"<table class='mckd-dice'><tr>{cells}</tr></table>")
         return "<br>".join(lines)
@@ -188,17 +191,26 @@ class ModalityDropExplorer(View):
                 + "</sup>"
             )
             return fig
-        classes = [self.card.labels[k] for k in sorted(self.card.labels)]
-        colours = ["#7f7f7f"] * len(classes)
-        if self.target is not None:
-            colours[int(self.target)] = "#2ca02c"
-        fig = go.Figure(go.Bar(x=classes, y=self.probabilities, marker_color=colours))
+        classes = [
+            f"{c} (true)" if self.target is not None and k == int(self.target) else c
+            for k, c in enumerate(self._classes())
+        ]
+        fig = go.Figure(
+            [
+                go.Bar(x=classes, y=self.full, name="all available", marker_color="#bbbbbb"),
+                go.Bar(x=classes, y=self.probabilities, name=f"present: {self._join(self.present)}"),
+            ]
+        )
         fig.update_layout(
-            title=f"{self.title} class probabilities; present: {self._join(self.present)}".strip(),
+            title=f"{self.title} class probabilities".strip(),
             yaxis={"range": [0, 1], "title": "probability"},
+            barmode="group",
             height=320,
         )
         return fig
+
+    def _classes(self) -> list[str]:
+        return [self.card.labels[k] for k in sorted(self.card.labels)]
 
     def _set_ticks(self, present: Sequence[bool]) -> None:
         self._syncing = True  # the checkbox observers ignore changes made here
