@@ -33,7 +33,7 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 # Notebook 03 trains a tiny run of its own (phantoms at 32^3, 4 iterations) into root/run.
-SMALL = {"iterations": 4, "size": 32, "run_dir": "run"}
+SMALL = {"source_run": "run", "iterations": 4, "size": 32}
 
 # Polled in the page: "running", "done", or "error: <cell outputs>" as soon as a cell fails.
 NOTEBOOK_STATE = """() => {
@@ -133,6 +133,10 @@ def prepare_notebook(root: Path, parameters: dict) -> Path:
     """Copy notebook 03 into ``root`` with ``parameters`` injected after its `parameters` cell (papermill)."""
     import papermill
 
+    from mckd_lab.experiments import notebook_parameters
+
+    unknown = set(parameters) - set(notebook_parameters(NOTEBOOK))
+    assert not unknown, f"{NOTEBOOK.name} has no parameters {sorted(unknown)}: update SMALL in {__file__}"
     target = root / NOTEBOOK.name
     papermill.execute_notebook(
         str(NOTEBOOK), str(target), parameters=parameters, prepare_only=True, cwd=str(root)

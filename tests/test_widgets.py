@@ -16,7 +16,7 @@ from mckd_lab.data.cards import load_card
 from mckd_lab.data.missing import all_subsets
 from mckd_lab.evaluate import SubsetTable
 from mckd_lab.experiments import split_cases
-from mckd_lab.explain import modality_shapley, voxel_attribution
+from mckd_lab.explain import modality_shapley, tabular_integrated_gradients, voxel_attribution
 from mckd_lab.train import train
 from widgets import (
     AttributionView,
@@ -231,6 +231,20 @@ def test_drop_explorer_class_probabilities_adni(adni_run):
     np.testing.assert_allclose(live.data[0].y, forward(available), atol=1e-6)  # the all-available bars stay
     assert list(live.data[0].x)[subject.target].endswith("(true)")
     assert dropped in explorer.filled() and "mckd-probabilities" in explorer._report.value
+
+
+def test_attributions_tabular_adni(adni_run):
+    card = load_card("adni")
+    subject = split_cases(adni_run, "test")[0]
+    ig = tabular_integrated_gradients(
+        adni_run.model, subject.image, subject.present, subject.target, n_steps=4
+    )
+    fig = AttributionView(tabular=ig, card=card).figure()
+    assert list(fig.data[0].x) == list(card.modality_names)
+    np.testing.assert_allclose(fig.data[0].y, [ig.per_modality[m] for m in card.modality_names])
+    imaging = fig.data[1]
+    assert list(imaging.x) == list(card.modality("imaging").columns)  # one bar per feature, named by the card
+    np.testing.assert_allclose(imaging.y, ig.features["imaging"])
 
 
 # --- subset table -------------------------------------------------------------------------------------------

@@ -85,7 +85,12 @@ def weights_figure(history: Sequence[dict], names: Sequence[str] | None = None) 
     uniform = 1 / len(names) if names else 0.0
     fig.add_hline(y=uniform, line_dash="dot", line_color="grey", annotation_text="uniform")
     fig.update_layout(
-        title="Importance weights softmax(omega) at each meta step",
+        title="Importance weights softmax(omega) at each meta step"
+        + (
+            ""
+            if len(iterations)
+            else "<br><sup>no meta step recorded yet (only mckd strategies learn them)</sup>"
+        ),
         xaxis_title="iteration",
         yaxis_title="importance",
         height=360,
