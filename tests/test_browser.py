@@ -194,7 +194,7 @@ def test_notebook_03_widgets_in_jupyterlab(tmp_path):
             save_screenshot(page, tmp_path, "notebook03_all_modalities.png")
             explorer.locator(".widget-checkbox", has_text="t1ce").locator("input").uncheck()
             page.wait_for_function(
-                "before => document.querySelector('.mckd-modalitydropexplorer .mckd-dice').innerText !== before",
+                "old => document.querySelector('.mckd-modalitydropexplorer .mckd-dice').innerText !== old",
                 arg=dice_before,
                 timeout=30_000,
             )

@@ -137,13 +137,13 @@ def test_viewer_slices_sequences_and_overlays(cases):
     live = viewer._live
     viewer.controls["sequence"].value = "t1ce"
     viewer.controls["axial"].value = 5
-    np.testing.assert_array_equal(live.data[0].z, case.image[2, 5])
+    np.testing.assert_array_equal(live.data[0].z, case.image[2, 5].T)  # axial: H across, W up
     # per plane: image, then ground truth (ET, WT, TC) as outlines, then predictions filled
     gt_wt = viewer.overlay_slice("target", "WT", 0)
-    np.testing.assert_array_equal(gt_wt, wt[5])
+    np.testing.assert_array_equal(gt_wt, wt[5].T)
     assert live.data[2].name == "WT ground truth" and live.data[5].name == "WT prediction"
     drawn_fill = np.asarray(live.data[5].z) == 1
-    np.testing.assert_array_equal(drawn_fill, wt[5])
+    np.testing.assert_array_equal(drawn_fill, wt[5].T)
     drawn_outline = np.asarray(live.data[2].z) == 1
     assert drawn_outline.sum() < wt[5].sum() or wt[5].sum() < 9  # an outline of a blob is thinner than it
     viewer.controls["WT"].value = False
@@ -177,7 +177,7 @@ def test_drop_explorer_equals_forward_and_updates_on_toggle(cases, model):
     np.testing.assert_allclose(explorer.probabilities, expected, atol=1e-5)
     et_after = np.asarray(explorer.viewer._live.data[4].z)
     axial = explorer.viewer.cursor[0]
-    np.testing.assert_array_equal(et_after, expected[0, axial] > 0.5)
+    np.testing.assert_array_equal(et_after, (expected[0, axial] > 0.5).T)
     assert not np.array_equal(et_before, et_after)
     pred = expected > 0.5
     scores = explorer.dice()
@@ -340,4 +340,4 @@ def test_attributions_bars_and_maps_from_explain(cases, model):
     view.widget  # noqa: B018
     view.controls["plane"].value = "coronal"
     view.controls["slice"].value = 4
-    np.testing.assert_array_equal(view._live.data[3 + 2].z, ig.attribution[2][:, 4])  # t1ce map, coronal 4
+    np.testing.assert_array_equal(view._live.data[3 + 2].z, ig.attribution[2][:, :, 4])  # t1ce, coronal 4

@@ -31,7 +31,7 @@ class View:
 
     @functools.cached_property
     def widget(self) -> ipw.Widget:
-        """The live box, with the CSS class ``mckd-<view class in lower case>`` (what browser tests look for)."""
+        """The live box, with the CSS class ``mckd-<view class, lower case>`` (browser tests look for it)."""
         box = self._build()
         box.add_class(f"mckd-{type(self).__name__.lower()}")
         return box

@@ -30,8 +30,8 @@ DEFAULT_STRIDE = 32
 
 
 def padded_batch(model: nn.Module, image: np.ndarray) -> torch.Tensor:
-    """(M, D, H, W) -> a (1, M, D', H', W') float32 batch on the model's device, zero-padded at the end of each
-    axis to a multiple of the network's output stride (the decoder needs whole multiples)."""
+    """(M, D, H, W) -> a (1, M, D', H', W') float32 batch on the model's device, zero-padded at the end of
+    each axis to a multiple of the network's output stride (the decoder needs whole multiples)."""
     x = torch.as_tensor(np.asarray(image), dtype=torch.float32, device=next(model.parameters()).device)[None]
     stride = getattr(model.encoders[0], "stride", DEFAULT_STRIDE)
     pad = [(-s) % stride for s in x.shape[2:]]

@@ -16,7 +16,9 @@ from scipy import ndimage
 
 from ._base import REGION_COLOURS, View, overlay_scale
 
-PLANES = ("axial", "coronal", "sagittal")  # slicing axis 0 (D), 1 (H), 2 (W) of a (D, H, W) volume
+# Planes across axis 0 (D), 1 (H), 2 (W) of a loader volume, (D, H, W) = NIfTI (k, i, j) (data/brats.py):
+# in BraTS orientation D is inferior-superior, H (i) left-right, W (j) posterior-anterior.
+PLANES = ("axial", "sagittal", "coronal")
 
 
 def outline(mask: np.ndarray) -> np.ndarray:
@@ -25,8 +27,12 @@ def outline(mask: np.ndarray) -> np.ndarray:
 
 
 def take(volume: np.ndarray, axis: int, index: int) -> np.ndarray:
-    """Slice ``index`` of a (..., D, H, W) array along spatial ``axis`` (0, 1 or 2)."""
-    return np.take(volume, index, axis=volume.ndim - 3 + axis)
+    """Slice ``index`` of a (D, H, W) volume across ``axis`` (0, 1 or 2), as drawn: rows go up the screen.
+
+    Axial slices are (W, H) (transposed: H, left-right, runs across), sagittal (D, W), coronal (D, H).
+    """
+    cut = np.take(volume, index, axis=axis)
+    return cut.T if axis == 0 else cut
 
 
 class SegmentationViewer(View):

@@ -82,15 +82,14 @@ def weights_figure(history: Sequence[dict], names: Sequence[str] | None = None) 
             annotation_text=stage,
             annotation_position="top left",
         )
-    uniform = 1 / len(names) if names else 0.0
-    fig.add_hline(y=uniform, line_dash="dot", line_color="grey", annotation_text="uniform")
+    fig.add_hline(y=1 / len(names), line_dash="dot", line_color="grey", annotation_text="uniform")
+    note = (
+        ""
+        if len(iterations)
+        else "<br><sup>no meta step recorded yet (only mckd strategies learn them)</sup>"
+    )
     fig.update_layout(
-        title="Importance weights softmax(omega) at each meta step"
-        + (
-            ""
-            if len(iterations)
-            else "<br><sup>no meta step recorded yet (only mckd strategies learn them)</sup>"
-        ),
+        title=f"Importance weights softmax(omega) at each meta step{note}",
         xaxis_title="iteration",
         yaxis_title="importance",
         height=360,
