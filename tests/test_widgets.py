@@ -313,6 +313,14 @@ def test_distilled_features_pairs_and_filled_distances(model):
     assert view._live.data[1].y[0] == pytest.approx(d_flair, rel=1e-5)
     assert view._live.data[1].y[0] == pytest.approx(view.pairs[2, 0], rel=1e-5)
 
+    lacking = DistilledFeatures(
+        model, images, available=[(True,) * 4, (True,) * 4, (True, True, True, False)]
+    )
+    d_t2_ab = np.mean([(g[:3].mean(0) - g[3]).abs().mean().item() for g in f[:2]])  # case c has no t2
+    assert lacking.subset_distances((True, True, True, False)) == {"t2": pytest.approx(d_t2_ab, rel=1e-5)}
+    assert lacking.pairs[0, 3] == pytest.approx(np.mean([(g[0] - g[3]).abs().mean().item() for g in f[:2]]))
+    assert len(lacking.figure().data[2 + 2 * 3 + 1].x) == 2  # t2 filled: cases a and b only
+
 
 def test_distilled_features_of_loader_cases_of_any_size(model, cases):
     assert {c.image.shape[1:] for c in cases} != {(32, 32, 32)}  # brain crops: padded for the network

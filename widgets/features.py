@@ -88,7 +88,8 @@ class DistilledFeatures(View):
         self.case_ids = list(case_ids or [f"case {i}" for i in range(len(images))])
         self.features = [bottlenecks(model, image) for image in images]
         self.available = [
-            tuple(bool(a) for a in has) for has in (available or [[True] * len(self.names)] * len(images))
+            tuple(bool(a) for a in has)
+            for has in (available if available is not None else [[True] * len(self.names)] * len(images))
         ]
         self.pairs = pair_distances(self.features, self.available)
         pooled = np.stack([f.reshape(*f.shape[:2], -1).mean(-1) for f in self.features])  # (N, M, C)
@@ -111,14 +112,17 @@ class DistilledFeatures(View):
         modality no such case has is left out)."""
         out = {}
         for j in np.flatnonzero(~np.asarray(present, bool)):
-            values = [
-                np.abs(filled(f, present)[j] - f[j]).mean()
-                for f, has in zip(self.features, self.available, strict=True)
-                if has[j] and all(h for h, p in zip(has, present, strict=True) if p)
-            ]
+            values = [np.abs(filled(self.features[i], present)[j] - self.features[i][j]).mean()
+                      for i in self._comparable(present, j)]  # fmt: skip
             if values:
                 out[self.names[j]] = float(np.mean(values))
         return out
+
+    def _comparable(self, present: Sequence[bool], j: int) -> list[int]:
+        """Cases that have modality j and every modality of ``present``."""
+        need = np.asarray(present, bool).copy()
+        need[j] = True
+        return [i for i, has in enumerate(self.available) if np.all(np.asarray(has)[need])]
 
     def figure(self) -> go.Figure:
         fig = make_subplots(
@@ -155,12 +159,11 @@ class DistilledFeatures(View):
             col=2,
         )
         missing = ~np.asarray(self.present, bool)
-        fill = np.stack(
-            [filled(p, self.present) for p in self._pooled]
-        )  # pooling is linear: pool(fill) = fill(pool)
+        fill = np.stack([filled(p, self.present) for p in self._pooled])  # linear: pool(fill) = fill(pool)
         for m, name in enumerate(self.names):
-            for kind, source, shown in (("real", self._pooled, True), ("filled", fill, missing[m])):
-                rows = [i for i, has in enumerate(self.available) if has[m]] if shown else []
+            real_rows = [i for i, has in enumerate(self.available) if has[m]]
+            filled_rows = self._comparable(self.present, m) if missing[m] else []
+            for kind, source, rows in (("real", self._pooled, real_rows), ("filled", fill, filled_rows)):
                 xy = self.project(source[rows, m]) if rows else np.zeros((0, 2))
                 fig.add_trace(
                     go.Scatter(
