@@ -11,6 +11,8 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
+
 
 def _print(result, as_json: bool, text: str | None = None) -> None:
     print(json.dumps(result, indent=2, default=str) if as_json else (text if text is not None else result))
@@ -43,6 +45,130 @@ def cmd_inspect(a):
     _print(result, a.json, format_inspection(result))
 
 
+def _parse_value(text: str):
+    """A ``--set`` value: JSON when it parses (numbers, booleans, lists, null), else the plain string."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def build_config(a):
+    """The RunConfig a ``train`` call asks for: task defaults, then the flags, then ``--set`` overrides."""
+    from mckd_lab.config import RunConfig
+
+    overrides = {"method.name": a.method, "runtime.seed": a.seed, "runtime.device": a.device}
+    if a.task == "adni":
+        from mckd_lab.classification import adni_config
+
+        config = adni_config(a.data, method=a.method, epochs=a.epochs, seed=a.seed)
+    else:
+        config = RunConfig()
+        overrides.update({"data.root": str(a.data) if a.data else None, "model.backbone": a.backbone})
+        if a.size:
+            overrides["data.crop"] = [a.size] * 3
+            if not a.data:
+                overrides["data.phantom_size"] = a.size
+        if a.cases:
+            overrides["data.phantom_cases"] = a.cases
+    if a.iterations:
+        overrides["optim.iterations"] = a.iterations
+        overrides["optim.warmup_iterations"] = a.warmup if a.warmup is not None else a.iterations * 3 // 8
+    elif a.warmup is not None:
+        overrides["optim.warmup_iterations"] = a.warmup
+    if a.batch:
+        overrides["optim.batch_size"] = a.batch
+    for item in a.set or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set {item!r}: write section.field=value, e.g. --set optim.lr=0.005")
+        overrides[key] = _parse_value(value)
+    return config.with_overrides(overrides).validate()
+
+
+def cmd_train(a):
+    from mckd_lab.train import train
+
+    config = build_config(a)
+    run = train(config, a.out, resume=a.resume)
+    print(f"trained {config.method.name} for {run.iteration} iterations; run directory {a.out}")
+    if run.importance:
+        print("importance weights: " + ", ".join(f"{m} {w:.3f}" for m, w in run.importance.items()))
+
+
+def cmd_evaluate(a):
+    from mckd_lab.evaluate import evaluate_run
+
+    result = evaluate_run(a.run, data=a.data)
+    if a.json:
+        _print(result, True)
+    else:
+        print(render_result(result))
+
+
+def render_result(result: dict) -> str:
+    """The all-subsets table of a segmentation or a classification run, as text."""
+    if "classes" in result:
+        from mckd_lab.classification import render_table
+    else:
+        from mckd_lab.evaluate import render_table
+    return render_table(result)
+
+
+def cmd_predict(a):
+    if a.rid is not None:
+        from mckd_lab.classification import predict_subject
+
+        prediction = predict_subject(a.run, a.data, a.rid)
+        _print(prediction.to_dict(), a.json, str(prediction))
+        return
+    if a.case is None or a.out is None:
+        raise ValueError(
+            "predict needs --case CASE_DIR --out SEG.nii.gz (BraTS) or --data FILE.csv --rid RID (ADNI)"
+        )
+    from mckd_lab.infer import predict_run
+
+    prediction = predict_run(a.run, a.case, a.out, present=a.present)
+    values, counts = np.unique(prediction.labels, return_counts=True)
+    voxels = dict(zip(values.tolist(), counts.tolist(), strict=True))
+    print(f"wrote {a.out} (labels and voxel counts: {voxels})")
+
+
+def cmd_explain(a):
+    from mckd_lab.explain import explain_run
+
+    result = explain_run(a.run, case_dir=a.case, rid=a.rid, out=a.out, data=a.data, n_steps=a.steps)
+    _print(result, a.json, format_shapley(result))
+
+
+def format_shapley(result: dict) -> str:
+    lines = [f"Shapley values of each modality (baseline = empty set: {result['baseline']})"]
+    for output, values in result["shapley"].items():
+        lines.append(f"  {output:>5}: " + "  ".join(f"{m} {v:+.3f}" for m, v in values.items()))
+    return "\n".join(lines)
+
+
+def cmd_demo(a):
+    from mckd_lab.demo import run_demo
+
+    run_demo(a.out, iterations=a.iterations, seed=a.seed)
+
+
+def cmd_run(a):
+    from mckd_lab.experiments import run_notebook
+
+    params = {name: _parse_value(value) for name, value in a.parameter or []}
+    executed = run_notebook(a.notebook, a.out, params)
+    print(f"executed notebook: {executed}")
+
+
+def cmd_sweep(a):
+    from mckd_lab.experiments import sweep
+
+    table = sweep(a.spec, workers=a.workers, out_dir=a.out)
+    print(table if isinstance(table, str) else getattr(table, "to_string", lambda: table)())
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mckd-lab", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -64,6 +190,70 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path", type=Path)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("train", help="train a model (MCKD or a baseline) and write a run directory")
+    p.add_argument("--task", choices=["brats", "adni"], default="brats")
+    p.add_argument(
+        "--data", type=Path, help="BraTS folder or ADNIMERGE CSV (default: generated phantoms/cohort)"
+    )
+    p.add_argument("--out", required=True, type=Path, help="the run directory")
+    p.add_argument("--method", default="mckd", choices=["none", "uniform", "lckd", "mckd", "mckd-bilevel"])
+    p.add_argument("--size", type=int, help="BraTS: cubic crop size (and phantom size when generating)")
+    p.add_argument("--cases", type=int, help="BraTS: number of phantoms to generate")
+    p.add_argument("--iterations", type=int, help="total iterations (warm-up + missing stage)")
+    p.add_argument("--warmup", type=int, help="iterations with every modality present (default 3/8)")
+    p.add_argument("--epochs", type=int, default=30, help="ADNI: epochs over the training subjects")
+    p.add_argument("--batch", type=int)
+    p.add_argument("--seed", type=int, default=999)
+    p.add_argument("--backbone", choices=["compact", "reference"], default="compact")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
+    p.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE", help="any config field")
+    p.add_argument("--resume", action="store_true", help="continue from RUN/checkpoint.pt")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="the all-subsets table of a run (writes RUN/metrics.json)")
+    p.add_argument("run", type=Path)
+    p.add_argument("--data", type=Path, help="other data to evaluate on (BraTS folder or ADNIMERGE CSV)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="predict one BraTS case (NIfTI) or one ADNI subject (probabilities)")
+    p.add_argument("run", type=Path)
+    p.add_argument("--case", type=Path, help="BraTS case folder")
+    p.add_argument("--present", help="modalities to use, e.g. flair,t1ce (default: all the case has)")
+    p.add_argument("--out", type=Path, help="segmentation file to write, e.g. seg.nii.gz")
+    p.add_argument("--data", type=Path, help="ADNIMERGE CSV (with --rid)")
+    p.add_argument("--rid", type=int, help="ADNI subject id")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("explain", help="Shapley values per modality and Integrated Gradients maps")
+    p.add_argument("run", type=Path)
+    p.add_argument("--case", type=Path, help="BraTS case folder")
+    p.add_argument("--rid", type=int, help="ADNI subject id")
+    p.add_argument("--data", type=Path, help="ADNIMERGE CSV (with --rid; default: the run's)")
+    p.add_argument("--out", type=Path, help="folder for voxel maps (NIfTI) and the JSON")
+    p.add_argument("--steps", type=int, default=32, help="Integrated Gradients steps")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_explain)
+
+    p = sub.add_parser("demo", help="phantoms -> train MCKD -> the 15-subset table")
+    p.add_argument("--out", type=Path, default=Path("runs/demo"))
+    p.add_argument("--iterations", type=int, default=None)
+    p.add_argument("--seed", type=int, default=999)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("run", help="execute a notebook with papermill into a folder")
+    p.add_argument("notebook", type=Path)
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("-p", "--parameter", nargs=2, action="append", metavar=("NAME", "VALUE"))
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("sweep", help="run a grid of notebook runs (resumable) and collect their metrics")
+    p.add_argument("spec", type=Path)
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--out", type=Path, help="sweep folder (default: the spec's)")
+    p.set_defaults(func=cmd_sweep)
     return parser
 
 
