@@ -344,7 +344,8 @@ def test_attributions_bars_and_maps_from_explain(cases, model):
     view = AttributionView(shapley, [ig])
     fig = view.figure()
     np.testing.assert_allclose(fig.data[0].y, shapley.values[0])  # ET's Shapley value per modality
-    assert [t.name for t in fig.data[:3]] == ["ET (probability)", "WT (probability)", "TC (probability)"]
+    np.testing.assert_allclose(fig.data[1].y, shapley.values[2])  # TC: bars in the paper's order ET, TC, WT
+    assert [t.name for t in fig.data[:3]] == ["ET (probability)", "TC (probability)", "WT (probability)"]
     view.widget  # noqa: B018
     view.controls["plane"].value = "coronal"
     view.controls["slice"].value = 4

@@ -47,12 +47,8 @@ class AttributionView(View):
         if shapley is None and not maps and tabular is None:
             raise ValueError("give at least one of shapley, maps or tabular (results of mckd_lab.explain)")
         self.card = card or load_card("brats")
-        self.modalities, self.shapley, self.maps, self.tabular = (
-            self.card.modality_names,
-            shapley,
-            list(maps),
-            tabular,
-        )
+        self.modalities = self.card.modality_names
+        self.shapley, self.maps, self.tabular = shapley, list(maps), tabular
         self.chosen = _label(self.maps[0]) if self.maps else None
         self.plane = PLANES[0]
         self.index = self._map().shape[1] // 2 if self.maps else 0
@@ -64,13 +60,17 @@ class AttributionView(View):
         """One bar trace per output (Shapley), or per voxel map / the tabular result (sums per modality)."""
         if self.shapley is not None:
             s = self.shapley
+            report = [o for o in self.card.header.get("report_regions", ()) if o in s.outputs]  # ET, TC, WT
+            order = [s.outputs.index(o) for o in report] + [
+                k for k, o in enumerate(s.outputs) if o not in report
+            ]
             return [
-                go.Bar(x=list(s.modalities), y=s.values[k], name=f"{o} ({s.value})")
-                for k, o in enumerate(s.outputs)
+                go.Bar(x=list(s.modalities), y=s.values[k], name=f"{s.outputs[k]} ({s.value})") for k in order
             ]
         if self.tabular is not None:
             p = self.tabular.per_modality
-            return [go.Bar(x=list(p), y=list(p.values()), name=f"IG class {self.tabular.target}")]
+            label = self.card.labels.get(self.tabular.target, self.tabular.target)
+            return [go.Bar(x=list(p), y=list(p.values()), name=f"Integrated Gradients, class {label}")]
         return [
             go.Bar(
                 x=list(self.modalities),
