@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from mckd_lab.classification import adni_config
+from mckd_lab.classification import evaluate_run as evaluate_classification
 from mckd_lab.config import RunConfig
 from mckd_lab.data.cards import load_card
 from mckd_lab.data.missing import all_subsets
@@ -258,13 +259,23 @@ def test_subset_table_heatmap_and_row_choice(cases, model):
     explorer = ModalityDropExplorer(model, cases[0].image, cases[0].target)
     view = SubsetTableView(table, on_select=explorer.select)
     fig = view.figure()
-    np.testing.assert_allclose(fig.data[0].z[:15], 100 * dice.mean(0), atol=1e-3)
-    np.testing.assert_allclose(fig.data[0].z[15], 100 * dice.mean((0, 1)), atol=1e-3)
+    np.testing.assert_allclose(np.asarray(fig.data[0].z[:15], float), 100 * dice.mean(0), atol=1e-3)
+    np.testing.assert_allclose(np.asarray(fig.data[0].z[15], float), 100 * dice.mean((0, 1)), atol=1e-3)
     assert list(fig.data[0].y[:4]) == list(NAMES) and fig.data[0].y[15] == "mean"
     view.widget  # noqa: B018
     view._chooser.value = "flair+t1ce"
     assert explorer.present == (True, False, True, False)
     assert view._live.layout.shapes[0].y0 == subsets.index((True, False, True, False)) - 0.5
+
+
+def test_subset_table_of_an_adni_run(adni_run):
+    table = evaluate_classification(adni_run)
+    fig = SubsetTableView(table).figure()
+    assert list(fig.data[0].x) == ["accuracy", "balanced_accuracy", "macro_f1", "auc"]
+    imaging_alone = table["subsets"][0]
+    expected = [None if imaging_alone[m] is None else 100 * imaging_alone[m] for m in fig.data[0].x]
+    assert list(fig.data[0].z[0]) == pytest.approx(expected)
+    assert fig.data[0].y[-1] == "mean" and "score %" in fig.data[0].colorbar.title.text
 
 
 # --- experiments dashboard ----------------------------------------------------------------------------------

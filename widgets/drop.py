@@ -133,11 +133,10 @@ class ModalityDropExplorer(View):
         with limit_threads(self.threads):
             self.probabilities = self.predict(present)
             self.present = present
-            if "widget" in self.__dict__:
-                self._set_ticks(present)
             if not self.classification:
                 self.viewer.set_prediction(self.probabilities > THRESHOLD)
             if "widget" in self.__dict__:
+                self._set_ticks(present)
                 self._report.value = self.report_html()
                 if self.classification:
                     sync_figure(self._live, self.figure())

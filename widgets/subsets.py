@@ -1,8 +1,9 @@
-"""The all-subsets table (``mckd_lab.evaluate.SubsetTable.to_dict()`` / ``metrics.json``) as a heatmap.
+"""The all-subsets table (``metrics.json`` of a run: ``mckd_lab.evaluate.evaluate_run``) as a heatmap.
 
-A row per subset of present modalities (canonical order: singles first, full set last) plus the mean row, a
-column per region (report order), mean Dice in %. Choosing a row hands its presence mask to ``on_select``,
-e.g. ``ModalityDropExplorer.select`` so the viewer shows that subset.
+A row per subset of present modalities (canonical order: singles first, full set last) plus the mean row; a
+column per region (report order) with the mean Dice in % for segmentation, or per metric (accuracy,
+balanced accuracy, macro-F1, AUC, in %) for ADNI classification. Choosing a row hands its presence mask to
+``on_select``, e.g. ``ModalityDropExplorer.select`` so the explorer shows that subset.
 """
 
 from __future__ import annotations
@@ -13,30 +14,38 @@ import ipywidgets as ipw
 import numpy as np
 import plotly.graph_objects as go
 
+from mckd_lab.classification import METRICS
+
 from ._base import View, sync_figure
 
 MEAN_ROW = "mean"
 
 
-def table_arrays(table: dict) -> tuple[list[str], list[str], np.ndarray]:
-    """``(row names incl. the mean row, regions, dice (S + 1, R) in %)`` from a table dict."""
-    regions = list(table["regions"])
+def table_arrays(table: dict) -> tuple[list[str], list[str], np.ndarray, str]:
+    """``(row names incl. the mean row, columns, values (S + 1, C) in % (NaN: undefined), what they are)``."""
     rows = [*table["subsets"], {"subset": MEAN_ROW, **table["mean"]}]
-    dice = np.array([[100 * row["dice"][r] for r in regions] for row in rows])
-    return [row["subset"] for row in rows], regions, dice
+    if "regions" in table:  # segmentation: Dice per region
+        columns, what = list(table["regions"]), "Dice"
+        values = [[row["dice"][c] for c in columns] for row in rows]
+    else:  # classification: one column per metric
+        columns, what = [m for m in METRICS if m in table["mean"]], "score"
+        values = [[row.get(c) for c in columns] for row in rows]
+    values = 100 * np.array([[np.nan if v is None else v for v in row] for row in values], dtype=float)
+    return [row["subset"] for row in rows], columns, values, what
 
 
 class SubsetTableView(View):
-    """Heatmap of the all-subsets Dice table; a row selector (and, live, a click on a row) chooses a subset.
+    """Heatmap of the all-subsets table; a row selector (and, live, a click on a row) chooses a subset.
 
     Args:
-        table: the table dict (keys ``modalities``, ``regions``, ``subsets``, ``mean``; see evaluate.py).
+        table: the table dict: ``modalities``, ``subsets`` (rows with ``subset``, ``present`` and the values),
+            ``mean``, and ``regions`` for segmentation (see evaluate.py and classification.py).
         on_select: called with the chosen row's presence mask (tuple of M bools, card order).
     """
 
     def __init__(self, table: dict, on_select: Callable[[tuple[bool, ...]], None] | None = None):
         self.table, self.on_select = table, on_select
-        self.names, self.regions, self.dice = table_arrays(table)
+        self.names, self.columns, self.values, self.what = table_arrays(table)
         self.modalities = list(table["modalities"])
         self.selected = self.names[-2]  # the full set
 
@@ -49,28 +58,29 @@ class SubsetTableView(View):
             " ".join("●" if row["present"][m] else "○" for m in self.modalities)
             for row in self.table["subsets"]
         ] + [""]
+        defined = ~np.isnan(self.values)
         fig = go.Figure(
             go.Heatmap(
-                z=self.dice,
-                x=self.regions,
+                z=np.where(defined, self.values, None),  # JSON has no NaN: undefined cells are null
+                x=self.columns,
                 y=self.names,
-                text=np.round(self.dice, 1),
+                text=np.where(defined, np.round(self.values, 1).astype(str), "-"),
                 texttemplate="%{text}",
                 colorscale="Viridis",
                 zmin=0,
                 zmax=100,
-                colorbar={"title": "Dice %"},
-                customdata=np.array(marks)[:, None].repeat(len(self.regions), 1),
+                colorbar={"title": f"{self.what} %"},
+                customdata=np.array(marks)[:, None].repeat(len(self.columns), 1),
                 hovertemplate="%{y} (%{customdata})<br>%{x}: %{z:.2f}<extra></extra>",
             )
         )
         row = self.names.index(self.selected)
         fig.add_shape(
-            type="rect", x0=-0.5, x1=len(self.regions) - 0.5, y0=row - 0.5, y1=row + 0.5, line={"width": 3}
+            type="rect", x0=-0.5, x1=len(self.columns) - 0.5, y0=row - 0.5, y1=row + 0.5, line={"width": 3}
         )
         protocol = self.table.get("protocol", {})
         fig.update_layout(
-            title=f"Mean Dice per subset ({', '.join(self.modalities)})"
+            title=f"Mean {self.what} per subset ({', '.join(self.modalities)})"
             + (f"<br><sup>{protocol.get('data', '')} {protocol.get('split', '')}</sup>" if protocol else ""),
             yaxis={"autorange": "reversed", "title": None},
             height=120 + 24 * len(self.names),
