@@ -105,5 +105,10 @@ class SubsetTableView(View):
         self._live = go.FigureWidget(self.figure())
         self._chooser = ipw.Dropdown(options=self.names[:-1], value=self.selected, description="subset")
         self._chooser.observe(lambda change: self.select(change["new"]), names="value")
-        self._live.data[0].on_click(lambda _trace, points, _state: points.ys and self.select(points.ys[0]))
+
+        def clicked(_trace, points, _state) -> None:
+            if points.ys and points.ys[0] != MEAN_ROW:
+                self.select(points.ys[0])
+
+        self._live.data[0].on_click(clicked)
         return ipw.VBox([self._chooser, self._live])
