@@ -175,7 +175,7 @@ class RunConfig:
         checks = [
             (me.name in METHODS, f"method.name {me.name!r} is not one of {', '.join(METHODS)}"),
             (m.backbone in ("compact", "reference"), f"model.backbone {m.backbone!r}: compact|reference"),
-            (len(m.channels) >= 2 and min(m.channels) > 0, f"model.channels {m.channels}: 2+ widths > 0"),
+            (len(m.channels) >= 1 and min(m.channels) > 0, f"model.channels {m.channels}: widths > 0"),
             (o.optimizer in ("sgd", "adamw"), f"optim.optimizer {o.optimizer!r}: sgd|adamw"),
             (o.iterations > 0, f"optim.iterations must be > 0, got {o.iterations}"),
             (0 <= o.warmup_iterations <= o.iterations,
@@ -190,7 +190,9 @@ class RunConfig:
             (r.device == "cpu" or r.device.startswith("cuda"), f"runtime.device {r.device!r}: cpu|cuda[:N]"),
             (r.checkpoint_every >= 1, f"runtime.checkpoint_every must be >= 1, got {r.checkpoint_every}"),
         ]  # fmt: skip
-        if m.backbone == "reference":
+        if d.task != "brats":
+            pass  # crops concern volumes only
+        elif m.backbone == "reference":
             fits = d.crop[0] % 16 == 0 and d.crop[1] % 32 == 0 and d.crop[2] % 32 == 0
             checks.append(
                 (fits, f"data.crop {d.crop}: the reference backbone needs D % 16 == 0, H, W % 32 == 0")

@@ -60,7 +60,8 @@ def train(
     """Train a model as ``config`` says and write the run directory; returns ``load_run(run_dir)``.
 
     train_data / heldout_data: datasets of batch-contract items (``image`` (M, D, H, W), ``present`` (M,),
-    ``target``) used instead of ``config.data`` (e.g. in-memory tensors). callbacks: called with every history
+    ``target``) used instead of ``config.data`` (e.g. in-memory tensors; without heldout_data the training
+    data also serves as the held-out split). callbacks: called with every history
     record as it is written (a notebook can plot live). resume: continue from ``run_dir/checkpoint.pt``.
     """
     config.validate()
@@ -93,9 +94,10 @@ def train(
     start = 0
     if resume:
         state = load_checkpoint(ckpt_path)
-        if state["config"] != config.to_dict():
+        if _without_progress(state["config"]) != _without_progress(config.to_dict()):
             raise ValueError(
-                f"{ckpt_path} was written with another configuration; resume with its config.json"
+                f"{ckpt_path} was written with another configuration; resume with its config.json "
+                "(only runtime.progress may differ)"
             )
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -194,6 +196,14 @@ class Run:
     model: torch.nn.Module
     strategy: dict
     iteration: int
+
+    @property
+    def importance(self) -> dict[str, float] | None:
+        """The final importance weights {modality: softmax(omega)} (None for strategies without omega)."""
+        if "omega" not in self.strategy:
+            return None
+        w = torch.softmax(self.strategy["omega"].float(), 0).tolist()
+        return dict(zip(self.model.modalities, w, strict=True))
 
     def records(self, kind: str) -> list[dict]:
         """History records of one kind (``train``, ``meta``, ``elect``, ``eval``)."""
@@ -338,6 +348,10 @@ def _truncate_history(path: Path, start: int) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text("".join(ln + "\n" for ln in kept), encoding="utf-8")
     os.replace(tmp, path)
+
+
+def _without_progress(config: dict) -> dict:
+    return {**config, "runtime": {k: v for k, v in config["runtime"].items() if k != "progress"}}
 
 
 def _write_json(path: Path, obj) -> None:

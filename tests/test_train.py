@@ -170,3 +170,22 @@ def test_split_cases_is_deterministic_and_disjoint():
     assert sorted(a["test"] + a["heldout"] + a["train"]) == ids
     with pytest.raises(ValueError, match="heldout_cases"):
         split_cases(ids[:5], 5, 0.2, seed=0)
+
+
+def test_a_phantom_run_from_disk_resumes_exactly(tmp_path):
+    """The real path: phantoms written in the BraTS layout, split, read by the BraTS loader, random crops."""
+    config = _config(**{"data.phantom_cases": 5, "data.phantom_size": 32, "data.heldout_cases": 1,
+                        "optim.iterations": 4, "runtime.checkpoint_every": 2})  # fmt: skip
+    full = train(config, tmp_path / "full")
+    splits = json.loads((tmp_path / "full" / "splits.json").read_text())
+    assert [len(splits[k]) for k in ("test", "heldout", "train")] == [1, 1, 3]
+    assert full.importance is not None and set(full.importance) == {"flair", "t1", "t1ce", "t2"}
+
+    def stop_after_2(record):
+        if record["kind"] == "train" and record["iteration"] == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(config, tmp_path / "resumed", callbacks=[stop_after_2])
+    resumed = train(config, tmp_path / "resumed", resume=True)
+    assert [r["loss"] for r in resumed.records("train")] == [r["loss"] for r in full.records("train")]

@@ -152,6 +152,8 @@ class LCKD(Strategy):
 def heldout_scores(ctx: StepContext, subsets: Sequence[tuple[bool, ...]], batches: int) -> torch.Tensor:
     """Mean task scores (higher is better) on ``batches`` held-out batches for each subset: (S, R)."""
     totals = torch.zeros(len(subsets), len(ctx.task.score_names))
+    training = ctx.model.training
+    ctx.model.eval()  # scoring is evaluation (no dropout); the trainer's mode is restored below
     with torch.no_grad(), ctx.autocast():
         for k in range(batches):
             batch = ctx.heldout(k)
@@ -160,6 +162,7 @@ def heldout_scores(ctx: StepContext, subsets: Sequence[tuple[bool, ...]], batche
                 present = torch.where(present.any(1, keepdim=True), present, batch["present"].bool())
                 logits = ctx.model(batch["image"], present).logits
                 totals[s] += ctx.task.scores(logits.float(), batch["target"]).cpu()
+    ctx.model.train(training)
     return totals / batches
 
 

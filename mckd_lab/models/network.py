@@ -120,6 +120,8 @@ class MultiModalNet(nn.Module):
         if present is None or not torch.is_grad_enabled():
             return enc
         trainable = present.bool() & ~self.blank(image)
+        if bool(trainable.all()):
+            return enc
         return enc.where(trainable, Encoded(enc.bottleneck.detach(), [s.detach() for s in enc.skips]))
 
     def encode_zero(self, like: Image) -> Encoded:
