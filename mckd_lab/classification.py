@@ -353,6 +353,10 @@ class SubjectPrediction:
         return {"rid": self.rid, "subset": self.subset, "probabilities": self.probabilities,
                 "predicted": self.predicted}  # fmt: skip
 
+    def __str__(self) -> str:
+        probs = ", ".join(f"{c} {p:.3f}" for c, p in self.probabilities.items())
+        return f"RID {self.rid} from {self.subset}: {probs} -> {self.predicted}"
+
 
 def subject_inputs(run, csv: str | Path | None, rid: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """One subject's scaled baseline inputs {m: (1, F_m)} and ``present`` (1, M) as the run sees them.

@@ -237,6 +237,8 @@ def test_predict_one_modality_and_refuse_none(run, cohort, tmp_path):
         prediction.probabilities, key=prediction.probabilities.get
     )
 
+    assert str(prediction).startswith(f"RID {rid} from clinical: CN 0.")
+
     raw.loc[bl, "AGE"] = ""  # clinical gone too
     raw.to_csv(tmp_path / "ADNIMERGE_none.csv", index=False)
     with pytest.raises(ValueError, match=f"RID {rid} has no modality"):
