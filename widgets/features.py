@@ -128,20 +128,28 @@ class DistilledFeatures(View):
         fig = make_subplots(
             rows=1,
             cols=3,
-            column_widths=[0.32, 0.23, 0.45],
+            column_widths=[0.3, 0.22, 0.48],
+            horizontal_spacing=0.08,
             subplot_titles=(
-                "l_ij: real f_j vs filled from f_i",
-                f"filled from {subset_name(self.present, self.names)}",
-                "PCA of pooled bottlenecks",
+                "l_ij: f_j filled from f_i",
+                f"|filled - real|, {subset_name(self.present, self.names)}",
+                "PCA, pooled bottlenecks",
             ),
         )
+        left, right = fig.layout.xaxis.domain
         fig.add_trace(
             go.Heatmap(
                 z=[[None if np.isnan(v) else v for v in row] for row in self.pairs],  # JSON has no NaN
                 x=self.names,
                 y=self.names,
                 colorscale="Blues",
-                colorbar={"x": 0.29, "len": 0.8, "thickness": 10},
+                colorbar={
+                    "orientation": "h",
+                    "x": (left + right) / 2,
+                    "len": right - left,
+                    "y": -0.2,
+                    "thickness": 10,
+                },  # fmt: skip
                 hovertemplate="filled from %{y}, replacing %{x}: %{z:.4f}<extra></extra>",
             ),
             row=1,
@@ -154,6 +162,7 @@ class DistilledFeatures(View):
                 y=list(distances.values()),
                 marker_color=[modality_colour(self.names.index(n)) for n in distances],
                 hovertemplate="%{x}: mean |filled - real| %{y:.4f}<extra></extra>",
+                showlegend=False,
             ),
             row=1,
             col=2,
@@ -185,8 +194,8 @@ class DistilledFeatures(View):
         fig.update_yaxes(autorange="reversed", row=1, col=1)
         fig.update_layout(
             title=f"Distilled features over {len(self.features)} cases",
-            height=380,
-            margin={"t": 70, "b": 40, "l": 50, "r": 10},
+            height=420,
+            margin={"t": 70, "b": 70, "l": 50, "r": 10},
             showlegend=True,
         )
         return fig
