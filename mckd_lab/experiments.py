@@ -21,7 +21,8 @@ of ``None`` without an annotation accepts anything.
                                     error, and the scalar fields of its metrics.json as ``metrics.<key>``
                                     (nested keys joined by dots; lists and the ``protocol`` left out)
 
-A sweep spec (YAML file or dict); relative notebook paths are relative to the spec file's folder::
+A sweep spec (YAML file or dict); relative notebook paths are relative to the spec file's folder (to the
+current folder for a dict)::
 
     name: strategies                # optional, default: the file's stem
     out: runs/sweeps/strategies     # optional, relative to the current folder; default runs/sweeps/<name>
@@ -42,7 +43,8 @@ Command line (also reachable through ``mckd-lab run`` / ``mckd-lab sweep``)::
 
 Notebook helpers, so that notebook cells stay one call each: `brats_config` (a Binder-sized BraTS config from
 a notebook's parameters; ADNI's is ``mckd_lab.classification.adni_config``), `prepare_run` (the run folder and
-its data), `train_or_reuse` (running a notebook again reuses or restarts its run) and `split_cases`.
+its data), `train_or_reuse` (running a notebook again reuses or restarts its run), `load_or_train` and
+`split_cases`.
 
 papermill (and through it jupyter_client) is imported inside the functions that execute notebooks, so
 importing this module stays light and free of Jupyter.
@@ -501,6 +503,7 @@ def brats_config(
     seed: int = 0,
     cases: int = 16,
     size: int = 32,
+    device: str = "cpu",
     **overrides,
 ):
     """A validated BraTS ``RunConfig`` sized for a laptop or Binder (notebook 01's parameters).
@@ -510,7 +513,8 @@ def brats_config(
     the training, so seeds compare like with like. The first 40 % of the iterations keep every modality
     (reference: 80k of 115k); a meta round every ``iterations // 20`` iterations on 2 held-out batches and an
     LCKD election every ``iterations // 5`` (reference: 100-500 and 2 held-out cases); 2 held-out cases, a
-    quarter of the cases for testing. ``overrides``: dotted keys, e.g. ``**{"optim.lr": 3e-3}``.
+    quarter of the cases for testing. ``device``: ``cpu`` or ``cuda[:N]``. ``overrides``: dotted keys, e.g.
+    ``**{"optim.lr": 3e-3}``.
     Raises ValueError naming the field when a value is invalid.
     """
     from mckd_lab.config import RunConfig
@@ -522,6 +526,7 @@ def brats_config(
         "method.name": method, "method.meta_every_warmup": every, "method.meta_every_missing": every,
         "method.meta_batches": 2, "method.elect_every": 4 * every,
         "optim.iterations": iterations, "optim.warmup_iterations": 2 * iterations // 5, "runtime.seed": seed,
+        "runtime.device": device,
     }  # fmt: skip
     return RunConfig().with_overrides(base | overrides).validate()
 
@@ -578,6 +583,16 @@ def train_or_reuse(config, run_dir: str | Path, **train_kwargs):
     for name in RUN_FILES:  # a run stopped before its first checkpoint: start it again
         (run_dir / name).unlink(missing_ok=True)
     return train(config, run_dir, **train_kwargs)
+
+
+def load_or_train(source_run: str | Path, config):
+    """The finished run at ``source_run``; if there is none yet (no ``model.pt``), ``config`` is trained there
+    first (`train_or_reuse`). Notebooks 3 and 4 point at notebook 1's run folder this way: they reuse its run,
+    or train the one notebook 1 would, where notebook 1 will find it."""
+    from mckd_lab.train import load_run
+
+    source_run = Path(source_run)
+    return load_run(source_run) if (source_run / "model.pt").is_file() else train_or_reuse(config, source_run)
 
 
 @dataclass(frozen=True)
@@ -654,44 +669,69 @@ def strip_outputs(notebook: str | Path) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------- command line
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m mckd_lab.experiments", description=__doc__.split("\n")[0]
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="execute a notebook with papermill")
+def _cmd_run(args) -> None:
+    params = parse_parameter_text(args.notebook, [tuple(p) for p in args.parameter])
+    try:
+        print(run_notebook(args.notebook, args.out, params, timeout=args.timeout, progress=True))
+    except NotebookError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+def _cmd_sweep(args) -> None:
+    table = sweep(args.spec, workers=args.workers, out_dir=args.out)
+    shown = [c for c in table.columns if c != "error" and not (c.startswith("metrics.") and "hd95" in c)]
+    print(table[shown].to_string(index=False))
+    if (table["status"] != "done").any():
+        raise SystemExit(1)
+
+
+def _cmd_strip(args) -> None:
+    dirty = [nb for nb in args.notebooks if (has_outputs(nb) if args.check else strip_outputs(nb))]
+    for nb in dirty:
+        print(f"{nb}: {'has outputs' if args.check else 'stripped'}")
+    if args.check and dirty:
+        raise SystemExit(1)
+
+
+def add_subcommands(sub) -> None:
+    """Register ``run``, ``sweep`` and ``strip`` on an argparse sub-parsers object; each sets ``func``.
+
+    ``mckd-lab`` wires them with ``add_subcommands(subparsers)`` then ``args.func(args)``. Bad input raises
+    `ParameterError` / ValueError / FileNotFoundError (the caller prints it, exit 2); a failing notebook or
+    sweep run prints its error and exits 1 (SystemExit).
+    """
+    run = sub.add_parser("run", help="execute a notebook with papermill (executed copy + run/ in --out)")
     run.add_argument("notebook", type=Path)
     run.add_argument("--out", type=Path, required=True, help="folder for the executed notebook and run/")
-    run.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"))
+    run.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                     help="a parameter of the notebook's parameters cell (repeatable)")  # fmt: skip
     run.add_argument("--timeout", type=float, default=None, help="seconds per cell")
-    sw = sub.add_parser("sweep", help="run a grid of notebook runs from a YAML spec")
+    run.set_defaults(func=_cmd_run)
+    sw = sub.add_parser("sweep", help="run a grid of notebook runs from a YAML spec (resumable)")
     sw.add_argument("spec", type=Path)
-    sw.add_argument("--workers", type=int, default=1)
+    sw.add_argument("--workers", type=int, default=1, help="runs at a time, each its own process and kernel")
     sw.add_argument("--out", type=Path, default=None, help="output folder (default: the spec's 'out')")
+    sw.set_defaults(func=_cmd_sweep)
     st = sub.add_parser("strip", help="remove outputs from notebooks in place")
     st.add_argument("notebooks", nargs="+", type=Path)
     st.add_argument("--check", action="store_true", help="only report notebooks with outputs; exit 1 if any")
-    return parser
+    st.set_defaults(func=_cmd_strip)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = argparse.ArgumentParser(
+        prog="python -m mckd_lab.experiments", description=__doc__.split("\n")[0]
+    )
+    add_subcommands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
     try:
-        if args.command == "run":
-            params = parse_parameter_text(args.notebook, [tuple(p) for p in args.parameter])
-            print(run_notebook(args.notebook, args.out, params, timeout=args.timeout, progress=True))
-        elif args.command == "sweep":
-            table = sweep(args.spec, workers=args.workers, out_dir=args.out)
-            print(table.drop(columns=["error"]).to_string(index=False))
-            return int((table["status"] != "done").any())
-        else:
-            dirty = [nb for nb in args.notebooks if (has_outputs(nb) if args.check else strip_outputs(nb))]
-            for nb in dirty:
-                print(f"{nb}: {'has outputs' if args.check else 'stripped'}")
-            return int(args.check and bool(dirty))
-    except (ParameterError, NotebookError, FileNotFoundError, ValueError) as err:
+        args.func(args)
+    except (ValueError, FileNotFoundError) as err:  # ParameterError is a ValueError
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except SystemExit as stop:
+        return int(stop.code or 0)
     return 0
 
 

@@ -173,3 +173,17 @@ def test_train_or_reuse_reuses_the_same_config_and_restarts_another(tmp_path, ca
     assert (tmp_path / "run" / "history.jsonl").stat().st_mtime_ns == stamp and again.iteration == 2
     longer = ex.train_or_reuse(config.with_overrides({"optim.iterations": 3}), tmp_path / "run", **data)
     assert len(longer.records("train")) == 3 and "another configuration" in capsys.readouterr().err
+
+
+def test_command_line_run_and_strip(toy, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert ex.main(["run", str(toy), "--out", str(out), "-p", "x", "3", "-p", "label", "7"]) == 0
+    metrics = json.loads((out / "run" / "metrics.json").read_text())
+    assert metrics["value"] == 1.5 and metrics["nested"]["label"] == "7"  # "7" stays text for a str parameter
+    assert ex.main(["run", str(toy), "--out", str(out), "-p", "z", "1"]) == 2
+    assert "has no parameter 'z'" in capsys.readouterr().err
+    assert ex.main(["strip", "--check", str(out / "toy.ipynb")]) == 1
+    assert (
+        ex.main(["strip", str(out / "toy.ipynb")]) == 0
+        and ex.main(["strip", "--check", str(out / "toy.ipynb")]) == 0
+    )
