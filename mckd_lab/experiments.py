@@ -231,6 +231,7 @@ def run_notebook(
     timeout: float | None = None,
     progress: bool = False,
     log_output: bool = False,
+    prepare_only: bool = False,
 ) -> Path:
     """Execute ``notebook`` with papermill into ``out_dir``; returns the executed notebook's path.
 
@@ -239,7 +240,8 @@ def run_notebook(
     which an executed notebook keeps; live widgets need a running kernel). The kernel runs in the notebook's
     folder, as in JupyterLab. ``kernel_name`` defaults to the notebook's own (``python3``: this interpreter).
     ``timeout`` is seconds per cell. A failing notebook raises `NotebookError`; its executed copy keeps the
-    traceback.
+    traceback. ``prepare_only``: write the copy with the parameters injected, without executing it (e.g. to
+    run shrunk notebooks under ``pytest --nbval-lax``).
     """
     import papermill
     from papermill.exceptions import PapermillExecutionError
@@ -263,6 +265,7 @@ def run_notebook(
             progress_bar=progress,
             log_output=log_output,
             execution_timeout=timeout,
+            prepare_only=prepare_only,
         )
     except PapermillExecutionError as err:
         raise NotebookError(
@@ -672,7 +675,8 @@ def strip_outputs(notebook: str | Path) -> bool:
 def _cmd_run(args) -> None:
     params = parse_parameter_text(args.notebook, [tuple(p) for p in args.parameter])
     try:
-        print(run_notebook(args.notebook, args.out, params, timeout=args.timeout, progress=True))
+        print(run_notebook(args.notebook, args.out, params, timeout=args.timeout, progress=not args.prepare_only,
+                           prepare_only=args.prepare_only))  # fmt: skip
     except NotebookError as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(1) from None
@@ -707,6 +711,7 @@ def add_subcommands(sub) -> None:
     run.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                      help="a parameter of the notebook's parameters cell (repeatable)")  # fmt: skip
     run.add_argument("--timeout", type=float, default=None, help="seconds per cell")
+    run.add_argument("--prepare-only", action="store_true", help="inject the parameters, do not execute")
     run.set_defaults(func=_cmd_run)
     sw = sub.add_parser("sweep", help="run a grid of notebook runs from a YAML spec (resumable)")
     sw.add_argument("spec", type=Path)

@@ -187,3 +187,11 @@ def test_command_line_run_and_strip(toy, tmp_path, capsys):
         ex.main(["strip", str(out / "toy.ipynb")]) == 0
         and ex.main(["strip", "--check", str(out / "toy.ipynb")]) == 0
     )
+
+
+def test_prepare_only_injects_parameters_without_executing(toy, tmp_path):
+    prepared = ex.run_notebook(toy, tmp_path / "out", {"x": 3}, prepare_only=True)
+    nb = nbformat.read(prepared, as_version=4)
+    injected = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
+    assert len(injected) == 1 and "x = 3" in injected[0].source and "live = False" in injected[0].source
+    assert not ex.has_outputs(prepared) and not (tmp_path / "out" / "run").exists()
