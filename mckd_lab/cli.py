@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mckd_lab.experiments import add_subcommands
+
 
 def _print(result, as_json: bool, text: str | None = None) -> None:
     print(json.dumps(result, indent=2, default=str) if as_json else (text if text is not None else result))
@@ -154,21 +156,6 @@ def cmd_demo(a):
     run_demo(a.out, iterations=a.iterations, seed=a.seed)
 
 
-def cmd_run(a):
-    from mckd_lab.experiments import run_notebook
-
-    params = {name: _parse_value(value) for name, value in a.parameter or []}
-    executed = run_notebook(a.notebook, a.out, params)
-    print(f"executed notebook: {executed}")
-
-
-def cmd_sweep(a):
-    from mckd_lab.experiments import sweep
-
-    table = sweep(a.spec, workers=a.workers, out_dir=a.out)
-    print(table if isinstance(table, str) else getattr(table, "to_string", lambda: table)())
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mckd-lab", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -243,17 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=999)
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("run", help="execute a notebook with papermill into a folder")
-    p.add_argument("notebook", type=Path)
-    p.add_argument("--out", required=True, type=Path)
-    p.add_argument("-p", "--parameter", nargs=2, action="append", metavar=("NAME", "VALUE"))
-    p.set_defaults(func=cmd_run)
-
-    p = sub.add_parser("sweep", help="run a grid of notebook runs (resumable) and collect their metrics")
-    p.add_argument("spec", type=Path)
-    p.add_argument("--workers", type=int, default=1)
-    p.add_argument("--out", type=Path, help="sweep folder (default: the spec's)")
-    p.set_defaults(func=cmd_sweep)
+    add_subcommands(sub)  # run, sweep, strip (mckd_lab.experiments)
     return parser
 
 
