@@ -10,10 +10,11 @@ Inputs: ``image`` (B, M, D, H, W) volumes (one 1-channel volume per modality), o
 for tabular groups (then one encoder per modality, each ending in the same width C). ``present`` (B, M) bool.
 
 The known hazard (METHOD.md): a zero input gives zero-variance instance norms whose backward scales gradients
-by ~1/sqrt(eps), which explodes to NaN in the reference network. ``encode(image, present)`` therefore still
-runs the encoder on every input (so the values are exactly the zero response), but detaches the outputs of
-missing (and of blank, all-zero) inputs: no gradient ever flows back into them, and training with modalities
-missing from the first step stays finite for every backbone.
+by ~1/sqrt(eps), which explodes to NaN in the reference network. ``encode(image, present)`` therefore runs the
+encoder only on present, non-blank inputs; a missing (or all-zero) input gets the encoder's fixed zero-input
+response, computed once per call without autograd. No gradient ever flows through a zero input, training with
+modalities missing from the first step stays finite for every backbone, and the encoder's cost falls with the
+number of missing modalities.
 """
 
 from __future__ import annotations
@@ -88,53 +89,50 @@ class MultiModalNet(nn.Module):
     def shared(self) -> bool:
         return len(self.encoders) == 1
 
-    def _run_encoders(self, image: Image) -> Encoded:
+    def _run_encoders(self, image: Image, keep: torch.Tensor | None = None) -> Encoded:
+        """Encode (B, M) inputs; where ``keep`` (B, M) is False the encoder is not run on the input: the entry
+        is its zero-input response, computed once without autograd."""
+        b, m = _batch_size(image), len(self.modalities)
+        keep = torch.ones(b, m, dtype=torch.bool) if keep is None else keep.bool().cpu()
         if isinstance(image, dict):
-            if self.shared and len(self.modalities) > 1:
+            if self.shared and m > 1:
                 raise ValueError(
                     "tabular inputs (a dict per modality) need one encoder per modality, not a shared one"
                 )
-            outs = [
-                enc(image[name])
-                for enc, name in zip(self._per_modality_encoders(), self.modalities, strict=True)
-            ]
+            inputs = [image[name] for name in self.modalities]
         elif self.shared:
-            b, m = image.shape[:2]
-            bottleneck, skips = self.encoders[0](image.reshape(b * m, 1, *image.shape[2:]))
-            unflat = [t.view(b, m, *t.shape[1:]) for t in (bottleneck, *skips)]
-            return Encoded(unflat[0], unflat[1:])
+            bottleneck, skips = _encode_rows(
+                self.encoders[0], image.reshape(b * m, 1, *image.shape[2:]), keep.view(-1)
+            )
+            return Encoded(
+                bottleneck.view(b, m, *bottleneck.shape[1:]), [t.view(b, m, *t.shape[1:]) for t in skips]
+            )
         else:
-            outs = [enc(image[:, i : i + 1]) for i, enc in enumerate(self.encoders)]
+            inputs = [image[:, i : i + 1] for i in range(m)]
+        encoders = list(self.encoders) * (m if self.shared else 1)
+        outs = [
+            _encode_rows(enc, x, keep[:, i]) for i, (enc, x) in enumerate(zip(encoders, inputs, strict=True))
+        ]
         return Encoded(
-            torch.stack([b for b, _ in outs], 1),
-            [torch.stack(level, 1) for level in zip(*(s for _, s in outs), strict=True)],
+            torch.stack([o[0] for o in outs], 1),
+            [torch.stack(level, 1) for level in zip(*(o[1] for o in outs), strict=True)],
         )
 
-    def _per_modality_encoders(self) -> list[nn.Module]:
-        return list(self.encoders) * (len(self.modalities) if self.shared else 1)
-
     def encode(self, image: Image, present: torch.Tensor | None = None) -> Encoded:
-        """Encode every modality as given. With ``present`` (B, M) and autograd on, the outputs of missing or
-        blank inputs are detached (see the module docstring: the zero-variance hazard)."""
-        enc = self._run_encoders(image)
-        if present is None or not torch.is_grad_enabled():
-            return enc
-        trainable = present.bool() & ~self.blank(image)
-        if bool(trainable.all()):
-            return enc
-        return enc.where(trainable, Encoded(enc.bottleneck.detach(), [s.detach() for s in enc.skips]))
+        """Encode every modality as given; (B, M) -> Encoded.
+
+        With ``present`` (B, M), missing and blank (all-zero) inputs are not run through the encoder: their
+        entries are the encoder's zero-input response, without gradient (see the module docstring: the
+        zero-variance hazard). The values are those of encoding the zeroed input; only the cost and the
+        gradients differ.
+        """
+        keep = None if present is None else present.bool() & ~self.blank(image)
+        return self._run_encoders(image, keep)
 
     def encode_zero(self, like: Image) -> Encoded:
         """The encoder's response to all-zero inputs, shaped like ``encode(like)`` (computed once)."""
-        if isinstance(like, dict):
-            zero = {k: torch.zeros_like(v[:1]) for k, v in like.items()}
-            batch = next(iter(like.values())).shape[0]
-        else:
-            zero, batch = torch.zeros_like(like[:1]), like.shape[0]
-        enc = self._run_encoders(zero)
-        return Encoded(
-            enc.bottleneck.expand(batch, *enc.bottleneck.shape[1:]),
-            [s.expand(batch, *s.shape[1:]) for s in enc.skips],
+        return self._run_encoders(
+            like, torch.zeros(_batch_size(like), len(self.modalities), dtype=torch.bool)
         )
 
     def decode(self, enc: Encoded, present: torch.Tensor, scale: torch.Tensor | None = None) -> ModelOutput:
@@ -165,6 +163,31 @@ class MultiModalNet(nn.Module):
         if isinstance(image, dict):
             return torch.stack([image[k].flatten(1).abs().amax(1) == 0 for k in self.modalities], 1)
         return image.flatten(2).abs().amax(2) == 0
+
+
+def _batch_size(image: Image) -> int:
+    return next(iter(image.values())).shape[0] if isinstance(image, dict) else image.shape[0]
+
+
+def _encode_rows(
+    encoder: nn.Module, x: torch.Tensor, keep: torch.Tensor
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """``encoder`` on the rows of x (N, ...) where ``keep`` (N,) is True; the other rows get the response to a
+    zero row, computed once under ``no_grad``. Returns (bottleneck (N, ...), skips [(N, ...)])."""
+    if bool(keep.all()):
+        return encoder(x)
+    with torch.no_grad():
+        zero_b, zero_s = encoder(torch.zeros_like(x[:1]))
+    n = x.shape[0]
+    if not bool(keep.any()):
+        return zero_b.expand(n, *zero_b.shape[1:]), [z.expand(n, *z.shape[1:]) for z in zero_s]
+    rows = keep.nonzero().squeeze(1).to(x.device)
+    part_b, part_s = encoder(x[rows])
+
+    def scatter(zero: torch.Tensor, part: torch.Tensor) -> torch.Tensor:
+        return zero.expand(n, *zero.shape[1:]).to(part.dtype).clone().index_put_((rows,), part)
+
+    return scatter(zero_b, part_b), [scatter(z, p) for z, p in zip(zero_s, part_s, strict=True)]
 
 
 def build_segmentation_network(
