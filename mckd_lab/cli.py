@@ -234,11 +234,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, KeyError)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, KeyError) as err:
+    except Exception as err:
+        from mckd_lab.train import TrainingDiverged  # here, not at the top: importing torch slows --help
+
+        if not isinstance(err, (*USER_ERRORS, TrainingDiverged)):
+            raise
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"mckd-lab {args.command}: error: {message}", file=sys.stderr)
         return 2
