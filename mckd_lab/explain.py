@@ -354,9 +354,10 @@ def voxel_attribution(
         path_power: where Integrated Gradients samples the straight path from 0 to x: at alpha = t^p for
             Captum's steps t. Instance-normalised networks are nearly scale invariant, so f(alpha x) is flat
             for alpha above ~1e-3 and changes almost entirely below it (the norms' eps takes over): steps
-            uniform in alpha (p = 1, plain Captum) miss most of the integral (delta ~90% of f(x) - f(0) at 32
-            steps on a random compact network), p = 10 brings it to a few %. The path and the limit are those
-            of Integrated Gradients (Captum runs in y = sign(x) |x|^(1/p); the straight path is the same).
+            uniform in alpha (p = 1, plain Captum) miss nearly all of it: delta -100% of f(x) - f(0) at 32
+            steps, 48^3; p = 10 gives +0.8% on a trained compact network, ~10% on random ones (benchmarks/
+            results/explain.json). The path and the limit are those of Integrated Gradients (Captum runs in
+            y = sign(x) |x|^(1/p); the straight path is the same).
     """
     device = next(model.parameters()).device
     model.eval()
@@ -418,22 +419,26 @@ def tabular_integrated_gradients(
         image: {modality: (F_m,) or (1, F_m)} in the model's modality order (the batch contract's dict).
         present: (M,) modalities given (the others are zeroed by the model and get 0).
     """
-    names = tuple(model.modalities)
+    names, present = tuple(model.modalities), tuple(bool(p) for p in present)
     model.eval()
-    inputs = tuple(torch.as_tensor(image[m], dtype=torch.float32).reshape(1, -1) for m in names)
-    mask = torch.tensor([bool(p) for p in present], device=inputs[0].device)[None]
+    rows = {m: torch.as_tensor(image[m], dtype=torch.float32).reshape(1, -1) for m in names}
+    players = [m for m, p in zip(names, present, strict=True) if p]  # the others never reach the graph
+    mask = torch.tensor(present, device=rows[names[0]].device)[None]
 
     def forward(*xs: torch.Tensor) -> torch.Tensor:
-        return model(dict(zip(names, xs, strict=True)), mask.expand(xs[0].shape[0], -1)).logits
+        batch = {m: torch.zeros_like(v).expand(xs[0].shape[0], -1) for m, v in rows.items()}
+        batch.update(zip(players, xs, strict=True))
+        return model(batch, mask.expand(xs[0].shape[0], -1)).logits
 
     attr, delta = IntegratedGradients(forward).attribute(
-        inputs,
-        baselines=(0.0,) * len(inputs),
+        tuple(rows[m] for m in players),
+        baselines=(0.0,) * len(players),
         target=int(target),
         n_steps=n_steps,
         return_convergence_delta=True,
     )
-    features = {m: a[0].detach().double().numpy() for m, a in zip(names, attr, strict=True)}
+    features = {m: np.zeros(v.shape[1]) for m, v in rows.items()}
+    features.update({m: a[0].detach().double().cpu().numpy() for m, a in zip(players, attr, strict=True)})
     return TabularAttribution(
         features, {m: float(f.sum()) for m, f in features.items()}, int(target), float(delta.sum())
     )

@@ -48,7 +48,7 @@ def test_dice_agrees_with_monai_dicemetric_on_random_masks():
 
 
 def test_dice_refuses_masks_of_different_shapes():
-    with pytest.raises(ValueError, match=r"\(3, 4, 4, 4\) and target \(3, 4, 4, 5\)"):
+    with pytest.raises(ValueError, match=r"prediction \(3, 4, 4, 4\) and target \(3, 4, 4, 5\)"):
         dice(np.zeros((3, 4, 4, 4)), np.zeros((3, 4, 4, 5)))
 
 

@@ -1,5 +1,7 @@
 """Attributions: exact Shapley maths on hand-made games, then on real (tiny) models through Captum."""
 
+import json
+
 import nibabel as nib
 import numpy as np
 import pytest
@@ -9,6 +11,7 @@ from test_evaluate import train_tiny_run
 from test_infer import write_case
 from torch import nn
 
+from mckd_lab.classification import adni_config
 from mckd_lab.data.brats import load_case, scan_folder
 from mckd_lab.data.cards import load_card
 from mckd_lab.evaluate import dice
@@ -25,6 +28,7 @@ from mckd_lab.explain import (
 from mckd_lab.infer import predict_subsets
 from mckd_lab.models import ClassificationHead, MultiModalNet, build_segmentation_network
 from mckd_lab.models.compact import CompactEncoder
+from mckd_lab.train import train
 
 # --- Shapley maths on hand-made games -----------------------------------------------------------------------
 
@@ -285,3 +289,22 @@ def test_explain_run_on_a_case_gives_shapley_per_region_and_nifti_maps(tmp_path)
     assert (tmp_path / "maps" / f"{case_dir.name}_explain.json").exists()
     with pytest.raises(ValueError, match="--case"):
         explain_run(run.run_dir)
+
+
+def test_explain_run_on_an_adni_subject_gives_shapley_per_class_and_feature_ig(tmp_path):
+    config = adni_config(
+        subjects=200, epochs=1, batch_size=32, **{"runtime.progress": False, "model.channels": [8, 8]}
+    )
+    run = train(config, tmp_path / "run")
+    rid = int(json.loads((run.run_dir / "splits.json").read_text())["test"][0])
+    result = explain_run(run.run_dir, rid=rid, out=tmp_path / "out")
+    assert result["rid"] == rid and result["value"] == "probability"
+    assert list(result["shapley"]) == ["CN", "MCI", "AD"]
+    for k in ("CN", "MCI", "AD"):  # efficiency per class
+        gain = result["full"][k] - result["baseline"][k]
+        assert sum(result["shapley"][k].values()) == pytest.approx(gain, abs=1e-5)
+    assert result["predicted"] == max(result["full"], key=result["full"].get)
+    ig = result["integrated_gradients"]
+    assert ig["class"] == result["predicted"] and list(ig["features"]["genetic"]) == ["APOE4"]
+    assert ig["per_modality"]["clinical"] == pytest.approx(sum(ig["features"]["clinical"].values()))
+    assert (tmp_path / "out" / f"rid{rid}_explain.json").exists()

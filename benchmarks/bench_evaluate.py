@@ -1,0 +1,130 @@
+"""The all-subsets table of one case: encode once (per window) and decode 15 times, vs 15 independent passes.
+
+For each volume side it times, on one case of random intensities (the cost does not depend on the values):
+- ``encode_once``: ``mckd_lab.infer.predict_subsets`` over the 15 subsets (one sliding-window pass; per window
+  the encoder runs once on the 4 modalities, the zero response is cached, the decoder sees the 15 subsets);
+- ``independent``: 15 sliding-window passes of ``model(image * S, S)``, one per subset (what a plain
+  evaluation loop does).
+Both with the package's settings (window = ``--roi``, overlap 1/3, 4 windows per call), the compact backbone
+with the default widths, random weights, eval mode, ``torch.inference_mode``; ``--reference`` adds the
+reference backbone (ResNet-50 + ASPP) on one 32x64x64 window. Each time is the best of ``--repeats`` (other
+jobs on a shared machine only slow a run). Goal (issue 3): encode_once <= 1/3 of independent; the bound is
+(E + 15 D) / (15 (E + D)) for encoder and decoder costs E, D per window, so it is reached when D < 0.4 E.
+Results with the machine go to ``benchmarks/results/evaluate.json``.
+
+    .venv/bin/python benchmarks/bench_evaluate.py [--sizes 48 96] [--roi 48] [--repeats 3] [--reference]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import monai
+import torch
+
+from mckd_lab.data.cards import load_card
+from mckd_lab.data.missing import all_subsets
+from mckd_lab.infer import predict_subsets, probabilities, sliding_window
+from mckd_lab.models import build_segmentation_network
+
+RESULTS = Path(__file__).parent / "results" / "evaluate.json"
+
+
+def machine() -> dict:
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "load_average_1min": os.getloadavg()[0],  # other jobs on the machine slow every number down
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "monai": monai.__version__,
+    }
+
+
+def best_seconds(work, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        work()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+@torch.inference_mode()
+def independent_passes(model, image: torch.Tensor, subsets, roi) -> list[torch.Tensor]:
+    """One sliding-window pass of the full model per subset: (S,) of (1, 3, D, H, W)."""
+    out = []
+    for subset in subsets:
+        present = torch.tensor(subset)
+
+        def forward(w, present=present):
+            return probabilities(model(w, present.expand(w.shape[0], -1)).logits)
+
+        out.append(sliding_window(forward, image[None], roi, sw_batch_size=4))
+    return out
+
+
+def time_case(model, shape, roi, repeats: int) -> dict:
+    """Both ways on one random case of ``shape`` (D, H, W); the outputs are checked to agree."""
+    subsets = all_subsets(4)
+    image = torch.randn(4, *shape, generator=torch.Generator().manual_seed(sum(shape)))
+    once = predict_subsets(model, image, subsets, roi)  # warm-up, and the check that both agree
+    max_diff = float((once - torch.cat(independent_passes(model, image, subsets, roi))).abs().max())
+    t_once = best_seconds(lambda: predict_subsets(model, image, subsets, roi), repeats)
+    t_indep = best_seconds(lambda: independent_passes(model, image, subsets, roi), repeats)
+    return {"shape": list(shape), "roi": list(roi), "encode_once_s": round(t_once, 3),
+            "independent_s": round(t_indep, 3), "ratio": round(t_once / t_indep, 3),
+            "max_abs_difference": max_diff}  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[48, 96])
+    parser.add_argument("--roi", type=int, default=48)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--reference", action="store_true", help="add the reference backbone, 32x64x64")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    names, rows = load_card("brats").modality_names, []
+    torch.manual_seed(0)
+    compact = build_segmentation_network(names).eval()
+    for size in args.sizes:
+        rows.append(
+            {"backbone": "compact (16, 32, 64)"}
+            | time_case(compact, (size,) * 3, (args.roi,) * 3, args.repeats)
+        )
+        print(rows[-1], flush=True)
+    if args.reference:
+        reference = build_segmentation_network(names, backbone="reference").eval()
+        rows.append(
+            {"backbone": "reference"} | time_case(reference, (32, 64, 64), (32, 64, 64), args.repeats)
+        )
+        print(rows[-1], flush=True)
+    result = {
+        "benchmark": "all-subsets inference of one case: encode once vs 15 independent passes",
+        "settings": {
+            "overlap": "1/3",
+            "sw_batch_size": 4,
+            "decode_batch": 4,
+            "weights": "random",
+            "repeats": args.repeats,
+        },  # fmt: skip
+        "goal": "ratio <= 1/3",
+        "machine": machine(),
+        "rows": rows,
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()
