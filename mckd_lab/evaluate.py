@@ -297,21 +297,21 @@ def evaluate_run(
 
         return evaluate_classification(run, data)
     card = load_card("brats")
-    splits = json.loads((run.run_dir / "splits.json").read_text(encoding="utf-8"))
+    splits_path = run.run_dir / "splits.json"  # absent when the run was trained on in-memory data
+    if data is None and not splits_path.exists():
+        raise FileNotFoundError(
+            f"{splits_path} does not exist (the run was trained on in-memory data, so it has no test split): "
+            "name a BraTS folder to evaluate on (evaluate_run(run, data=DIR), mckd-lab evaluate RUN --data DIR)"
+        )
+    splits = json.loads(splits_path.read_text(encoding="utf-8")) if splits_path.exists() else {}
     if data is None:
         root = Path(config.data.root) if config.data.root else phantoms_folder(config.data, run.run_dir)
-        wanted, split = (
-            set(splits["test"]),
-            f"test ({config.data.test_fraction:g} of the cases, seed {config.data.split_seed})",
-        )
+        split = f"test ({config.data.test_fraction:g} of the cases, seed {config.data.split_seed})"
+        case_dirs = [d for d in scan_folder(root, card)[1] if d.name in set(splits["test"])]
     else:
         root, split = Path(data), "cases not used in training or held out"
-    _, case_dirs = scan_folder(root, card)
-    if data is None:
-        case_dirs = [d for d in case_dirs if d.name in wanted]
-    else:
-        seen = set(splits["train"]) | set(splits["heldout"])
-        case_dirs = [d for d in case_dirs if d.name not in seen]
+        seen = set(splits.get("train", [])) | set(splits.get("heldout", []))
+        case_dirs = [d for d in scan_folder(root, card)[1] if d.name not in seen]
     if not case_dirs:
         raise ValueError(f"{root}: no case left to evaluate for run {run.run_dir} (split: {split})")
     protocol = {

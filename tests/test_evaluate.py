@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from monai.metrics import DiceMetric
+from toydata import ToyBalls
 
 from mckd_lab.config import RunConfig
 from mckd_lab.data.brats import load_case, scan_folder
@@ -192,3 +193,14 @@ def test_predict_run_writes_the_segmentation_on_the_case_grid(tiny_run, tmp_path
     np.testing.assert_array_equal(np.asarray(img.dataobj), case.geometry.uncrop(pred.labels))
     with pytest.raises(ValueError, match="cannot read subset 'flair,dwi'"):
         predict_run(tiny_run.run_dir, case_dir, tmp_path / "x.nii.gz", present="flair,dwi")
+
+
+def test_a_run_trained_in_memory_is_evaluated_on_a_named_folder_only(tiny_run, tmp_path):
+    config = RunConfig.from_dict(json.loads((tiny_run.run_dir / "config.json").read_text()))
+    run = train(
+        config, tmp_path / "mem", train_data=ToyBalls(cases=2, size=16), heldout_data=ToyBalls(cases=1)
+    )
+    with pytest.raises(FileNotFoundError, match="has no test split.*--data DIR"):
+        evaluate_run(run.run_dir)
+    result = evaluate_run(run.run_dir, data=tiny_run.run_dir / "phantoms", with_hd95=False)
+    assert len(result["cases"]) == 6  # nothing was seen from disk: every phantom is evaluated
