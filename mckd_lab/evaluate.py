@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from mckd_lab.data.brats import AXES, Case, MissingModalityWarning, load_case, scan_folder
 from mckd_lab.data.cards import Card, load_card
-from mckd_lab.data.missing import all_subsets
+from mckd_lab.data.missing import all_subsets, subset_name
 from mckd_lab.infer import OVERLAP, THRESHOLD, predict_subsets, run_device
 from mckd_lab.tasks import phantoms_folder
 
@@ -115,9 +115,6 @@ class SubsetTable:
     hd95: np.ndarray | None = None
     protocol: dict = field(default_factory=dict)
 
-    def subset_name(self, present: Sequence[bool]) -> str:
-        return "+".join(m for m, p in zip(self.modalities, present, strict=True) if p)
-
     def _row(self, values: np.ndarray) -> dict[str, float]:
         return {r: round(float(v), 6) for r, v in zip(self.regions, values, strict=True)}
 
@@ -130,7 +127,7 @@ class SubsetTable:
         rows = []
         for s, present in enumerate(self.subsets):
             row = {
-                "subset": self.subset_name(present),
+                "subset": subset_name(present, self.modalities),
                 "present": {m: bool(p) for m, p in zip(self.modalities, present, strict=True)},
                 "dice": self._row(mean_dice[s]),
             }
