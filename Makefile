@@ -25,7 +25,7 @@ browser:
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	else \
-	  echo "The browser test needs Chromium: install Debian's 'chromium' package (or set CHROMIUM=/path)."; \
+	  echo "The browser test needs Chromium: install Debian's 'chromium' (or 'chromium-browser') package."; \
 	fi
 
 demo: setup
@@ -33,6 +33,11 @@ demo: setup
 
 lint: setup
 	$(VENV)/bin/ruff check mckd_lab widgets tests benchmarks
+	$(PY) -m mckd_lab.experiments strip --check notebooks/*.ipynb
 
+# Unit, integration, notebook (papermill, tiny parameters) and browser tests; then the committed notebooks
+# as they are, with their default parameters, under nbval (outputs not compared: training is not bitwise
+# portable across machines).
 test: setup browser lint
 	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q -p no:cacheprovider --nbval-lax notebooks/
