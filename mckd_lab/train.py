@@ -70,7 +70,7 @@ def train(
     ckpt_path, history_path = run_dir / "checkpoint.pt", run_dir / "history.jsonl"
     if not resume and (ckpt_path.exists() or history_path.exists()):
         raise FileExistsError(
-            f"{run_dir} already holds a run: pass resume=True to continue it, or use a new folder"
+            f"{run_dir} already holds a run: continue it with resume=True (mckd-lab train --resume), or use a new folder"
         )
     if resume and not ckpt_path.exists():
         raise FileNotFoundError(f"cannot resume: {ckpt_path} does not exist (no checkpoint was written yet)")
