@@ -151,6 +151,8 @@ def train(
             )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if config.optim.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.optim.grad_clip)
         optimizer.step()
 
         ctx = StepContext(it, stage, model, task, batch, lr, config.method.kd_weight,
