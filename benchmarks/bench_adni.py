@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -32,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from machine import machine
 
 from mckd_lab.classification import (
     adni_config,
@@ -118,17 +117,6 @@ def quality(csv: str, seeds: list[int], epochs: int, out: Path) -> dict:
             },
         }
     return summary
-
-
-def machine() -> dict:
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpus": os.cpu_count(),
-        "load_average_1min_at_start": os.getloadavg()[0],
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-    }
 
 
 def main() -> None:

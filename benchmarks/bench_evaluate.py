@@ -19,13 +19,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import time
 from pathlib import Path
 
-import monai
 import torch
+from machine import machine
 
 from mckd_lab.data.cards import load_card
 from mckd_lab.data.missing import all_subsets
@@ -33,19 +31,6 @@ from mckd_lab.infer import predict_subsets, probabilities, sliding_window
 from mckd_lab.models import build_segmentation_network
 
 RESULTS = Path(__file__).parent / "results" / "evaluate.json"
-
-
-def machine() -> dict:
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "load_average_1min": os.getloadavg()[0],  # other jobs on the machine slow every number down
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "monai": monai.__version__,
-    }
 
 
 def best_seconds(work, repeats: int) -> float:

@@ -26,7 +26,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from bench_evaluate import best_seconds, machine
+from bench_evaluate import best_seconds
+from machine import machine
 
 from mckd_lab.data.brats import load_case, scan_folder
 from mckd_lab.data.cards import load_card

@@ -97,7 +97,7 @@ def main() -> None:
         return
     if args.quick:
         args.shape, args.warmup, args.measure, args.meta_every, args.meta_batches = [32, 64, 64], 2, 4, 2, 2
-    from bench_evaluate import machine
+    from machine import machine
 
     info = machine() | {"gpu": torch.cuda.get_device_name(), "cuda": torch.version.cuda}
     data = volumes(4, tuple(args.shape))

@@ -16,37 +16,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import tempfile
 import time
 from pathlib import Path
 
-import monai
-import nibabel
-import numpy as np
 import torch
+from machine import machine
 
 from mckd_lab.data.brats import load_case, scan_folder
 from mckd_lab.data.datasets import brats_dataset, make_loader
 from mckd_lab.data.phantoms import generate_phantoms
 
 RESULTS = Path(__file__).parent / "results" / "loader.json"
-
-
-def machine() -> dict:
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "load_average_1min": os.getloadavg()[0],  # other jobs on the machine slow every number down
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "monai": monai.__version__,
-        "nibabel": nibabel.__version__,
-        "numpy": np.__version__,
-    }
 
 
 def best_rate(count: int, work, repeats: int) -> float:

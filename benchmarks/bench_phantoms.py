@@ -12,17 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-import nibabel
-import numpy as np
-import scipy
+from machine import machine
 
 from mckd_lab.data.phantoms import (
     generate_phantoms,
@@ -41,19 +37,6 @@ def timed(fn, *args, **kwargs) -> tuple[float, float]:
     wall, cpu = time.perf_counter(), time.process_time()
     fn(*args, **kwargs)
     return time.perf_counter() - wall, time.process_time() - cpu
-
-
-def machine() -> dict:
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpus": os.cpu_count(),
-        "load_average_1min_at_start": os.getloadavg()[0],
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "scipy": scipy.__version__,
-        "nibabel": nibabel.__version__,
-    }
 
 
 def bench_size(size: int, cases: int) -> dict:

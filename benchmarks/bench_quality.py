@@ -152,7 +152,7 @@ def main() -> None:
         "strategies": strategies,
         "runs": [{"strategy": n, "seed": s} | r for (n, s), r in results.items()],
     }
-    from bench_evaluate import machine
+    from machine import machine
 
     result["machine"] = machine() | {
         "workers": args.workers,

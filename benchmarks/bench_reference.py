@@ -73,7 +73,7 @@ def main() -> None:
     if args.quick:
         args.warmup, args.steps = 0, 1  # 32x64x64 is the smallest the reference takes in training
     torch.set_num_threads(args.threads)
-    from bench_evaluate import machine
+    from machine import machine
 
     info = machine()
     torch.manual_seed(0)

@@ -31,7 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_evaluate import machine
+from machine import machine
 
 RESULTS = Path(__file__).parent / "results" / "training.json"
 STRATEGIES = ("none", "uniform", "lckd", "mckd", "mckd-bilevel")

@@ -1,0 +1,25 @@
+"""What every benchmark records beside its numbers: the machine, its load, and the library versions."""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+
+
+def machine() -> dict:
+    """Platform, CPUs, torch threads, 1-minute load average (other jobs slow every number down) and the
+    versions of the scientific libraries already imported by the benchmark."""
+    info = {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "load_average_1min": os.getloadavg()[0],
+        "python": platform.python_version(),
+    }
+    if "torch" in sys.modules:
+        info["torch_threads"] = sys.modules["torch"].get_num_threads()
+    for name in ("torch", "monai", "numpy", "scipy", "nibabel"):
+        if name in sys.modules:
+            info[name] = sys.modules[name].__version__
+    return info
