@@ -91,14 +91,7 @@ def map_diagnosis(
     card = card or load_card("adni")
     mapping = card.header["diagnosis"][column]
     ids = {name: i for i, name in card.labels.items()}
-    text = values.astype("string").str.strip().fillna("")
-    unknown = ~text.isin(list(mapping)) & (text != "")
-    if unknown.any():
-        line = unknown.idxmax()
-        raise AdniFormatError(
-            f"{source}: column {column}, line {line}: unknown diagnosis {text[line]!r}; known values are "
-            f"{', '.join(mapping)} (data_cards/adni.md, 'diagnosis'); fix the cell or extend the card"
-        )
+    text = _categories(values, column, mapping, source, "diagnosis", "diagnosis")
     return np.array([ids[mapping[v]] if v else -1 for v in text], dtype=np.int64)
 
 
@@ -239,15 +232,21 @@ def read_adnimerge(
 
 def _encode(values: pd.Series, column: str, mapping: dict[str, int], source: str) -> np.ndarray:
     """Text categories -> numbers from the card's ``encodings``; empty -> NaN; anything else is an error."""
+    text = _categories(values, column, mapping, source, "value", "encodings")
+    return np.array([float(mapping[v]) if v else np.nan for v in text])
+
+
+def _categories(values: pd.Series, column: str, known, source: str, noun: str, card_key: str) -> pd.Series:
+    """Stripped text of ``values`` ("" where empty); a value outside ``known`` is an error naming its line."""
     text = values.astype("string").str.strip().fillna("")
-    unknown = ~text.isin(list(mapping)) & (text != "")
+    unknown = ~text.isin(list(known)) & (text != "")
     if unknown.any():
         line = unknown.idxmax()
         raise AdniFormatError(
-            f"{source}: column {column}, line {line}: unknown value {text[line]!r}; expected one of "
-            f"{', '.join(mapping)} (data_cards/adni.md, 'encodings')"
+            f"{source}: column {column}, line {line}: unknown {noun} {text[line]!r}; known values are "
+            f"{', '.join(known)} (data_cards/adni.md, {card_key!r}); fix the cell or extend the card"
         )
-    return np.array([float(mapping[v]) if v else np.nan for v in text])
+    return text
 
 
 def split_subjects(
