@@ -19,6 +19,9 @@ Same method, same strategies, same trainer as BraTS: :class:`ClassificationTask`
 - Cognitive scores (MMSE, CDR-SB, ADAS, FAQ) are left out: the diagnosis is defined from them, so a model
   given them learns the diagnostic rule rather than biology (data_cards/adni.md). Task ``adni-cognitive`` adds
   them to ``clinical``, and the task name then says so in every config and table.
+- Task ``adni-t1``: the ``mri`` modality, a T1 volume per subject (column ``T1_PATH``, read at ``data.t1_size``
+  voxels a side and encoded by the segmentation encoder family), replaces the FreeSurfer/PET ``imaging``
+  numbers; the generated cohort then comes with rendered T1 volumes (``mckd_lab.data.t1_phantoms``).
 
 Evaluation (``evaluate_run``) scores the subjects of the run's test split (or of another CSV, less any subject
 the run trained or held out on) in two tables: (a) every one of the 15 subsets S, made by removing available
@@ -44,12 +47,20 @@ import torch.nn.functional as F
 from sklearn.metrics import confusion_matrix, f1_score, roc_auc_score
 
 from mckd_lab.config import RunConfig
-from mckd_lab.data.adni import SPLITS, AdniDataset, AdniTable, FeatureScaler, load_adni, read_adnimerge
+from mckd_lab.data.adni import (
+    SPLITS,
+    AdniDataset,
+    AdniTable,
+    FeatureScaler,
+    adni_modalities,
+    load_adni,
+    read_adnimerge,
+)
 from mckd_lab.data.cards import load_card
 from mckd_lab.data.missing import all_subsets, subset_name
 from mckd_lab.evaluate import write_json_atomic
+from mckd_lab.models.classifier import build_classification_network
 from mckd_lab.models.network import MultiModalNet
-from mckd_lab.models.tabular import build_tabular_network
 
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "auc")
 SUBSET_RULE = (
@@ -59,34 +70,41 @@ SUBSET_RULE = (
 
 
 class ClassificationTask:
-    """ADNI CN / MCI / AD from tabular modalities (card order: imaging, genetic, clinical, biospecimen).
+    """ADNI CN / MCI / AD (card order: imaging, genetic, clinical, biospecimen; with ``t1``: mri, genetic, ...).
 
     ``scores`` (LCKD's election) is the balanced accuracy; ``classes`` the label names (CN = 0, MCI = 1,
     AD = 2).
     ``class_weights`` (K,) is set by ``datasets`` from the training split (None: unweighted cross-entropy).
     """
 
-    def __init__(self, card: str = "adni", cognitive: bool = False):
+    def __init__(self, card: str = "adni", cognitive: bool = False, t1: bool = False):
         self.card = load_card(card)
-        self.cognitive = cognitive
-        self.modalities = self.card.modality_names
+        self.cognitive, self.t1 = cognitive, t1
+        self.specs = adni_modalities(self.card, t1)
+        self.modalities = tuple(m.name for m in self.specs)
         self.classes = tuple(self.card.labels[i] for i in sorted(self.card.labels))
         self.score_names = ("balanced_accuracy",)
         self.class_weights: torch.Tensor | None = None
 
-    def in_features(self) -> dict[str, int]:
-        """{modality: number of columns}, card order (``clinical`` grows by the cognitive scores when on)."""
+    def in_features(self) -> dict[str, int | None]:
+        """{modality: number of columns, None for a volume}, card order (``clinical`` grows by the cognitive
+        scores when on)."""
         extra = len(self.card.header["cognitive_columns"]) if self.cognitive else 0
-        return {m.name: len(m.columns) + (extra if m.name == "clinical" else 0) for m in self.card.modalities}
+        return {
+            m.name: None if m.kind == "image" else len(m.columns) + (extra if m.name == "clinical" else 0)
+            for m in self.specs
+        }
 
     def build_model(self, config) -> MultiModalNet:
-        """One MLP per modality with widths ``config.channels`` (the last is the bottleneck width), a head."""
+        """One encoder per modality (MLPs with widths ``config.channels``, the last the bottleneck width; a
+        pooled compact CNN for a volume), a head."""
         if config.backbone != "compact":
             raise ValueError(
-                f"model.backbone {config.backbone!r} is a volume backbone; the ADNI task has tabular "
-                "encoders only: use model.backbone='compact' (model.channels sets the MLP widths)"
+                f"model.backbone {config.backbone!r} is a segmentation backbone; the ADNI tasks have their own "
+                "encoders (MLPs; a pooled compact CNN for a T1 volume): use model.backbone='compact' "
+                "(model.channels sets their widths)"
             )
-        return build_tabular_network(self.in_features(), len(self.classes), config.channels)
+        return build_classification_network(self.in_features(), len(self.classes), config.channels)
 
     def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Class-weighted cross-entropy: logits (B, K), target (B,) class ids -> scalar."""
@@ -100,7 +118,13 @@ class ClassificationTask:
 
     def load(self, config, run_dir: str | Path):
         """The run's ``AdniData`` (read, split by subject, scaler fitted on train) from ``data_path``."""
-        return load_adni(data_path(config, run_dir), seed=config.split_seed, cognitive=self.cognitive)
+        return load_adni(
+            data_path(config, run_dir), seed=config.split_seed, cognitive=self.cognitive, t1=self.t1
+        )
+
+    def read_table(self, path: str | Path) -> AdniTable:
+        """An ADNIMERGE CSV read with this task's modalities (baseline rows)."""
+        return read_adnimerge(path, cognitive=self.cognitive, t1=self.t1)
 
     def datasets(self, config, run_dir: str | Path):
         """Training and held-out datasets (see the module docstring); writes ``<run>/scaler.json``."""
@@ -126,7 +150,9 @@ class ClassificationTask:
         cases = {name: [str(r) for r in data.table.rid[idx]] for name, idx in data.splits.items()}
         cases["heldout"] = [str(r) for r in table.rid[heldout]]
         return Splits(
-            AdniDataset(table, rows["train"], data.scaler), AdniDataset(table, heldout, data.scaler), cases
+            AdniDataset(table, rows["train"], data.scaler, config.t1_size),
+            AdniDataset(table, heldout, data.scaler, config.t1_size),
+            cases,
         )
 
     def keep_mask(self, config) -> np.ndarray:
@@ -147,19 +173,18 @@ def restrict(table: AdniTable, keep: np.ndarray) -> AdniTable:
 
 def data_path(config, run_dir: str | Path) -> Path:
     """``data.root``, or the synthetic cohort ``<run>/cohort/ADNIMERGE_synthetic_n<subjects>_seed<seed>.csv``
-    (generated the first time, reused after: the generator is deterministic)."""
+    (generated the first time, reused after: the generator is deterministic). Task ``adni-t1``: the cohort
+    ``..._t1-<t1_size>.csv`` with its T1 volumes rendered at ``data.t1_size`` in ``<run>/cohort/T1``."""
     if config.root:
         return Path(config.root)
     from mckd_lab.data.cohort import generate_cohort
+    from mckd_lab.tasks import make_task
 
-    path = (
-        Path(run_dir)
-        / "cohort"
-        / f"ADNIMERGE_synthetic_n{config.cohort_subjects}_seed{config.cohort_seed}.csv"
-    )
+    t1_size = config.t1_size if make_task(config.task).t1 else None
+    name = f"ADNIMERGE_synthetic_n{config.cohort_subjects}_seed{config.cohort_seed}"
+    path = Path(run_dir) / "cohort" / (name + (f"_t1-{t1_size}" if t1_size else "") + ".csv")
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        generate_cohort(path, subjects=config.cohort_subjects, seed=config.cohort_seed)
+        generate_cohort(path, subjects=config.cohort_subjects, seed=config.cohort_seed, t1_size=t1_size)
     return path
 
 
@@ -278,16 +303,15 @@ def evaluate_run(run, data: str | Path | None = None) -> dict:
     path = Path(data) if data is not None else data_path(config.data, run.run_dir)
     splits = json.loads((run.run_dir / "splits.json").read_text(encoding="utf-8"))
     seen = {int(r) for name in ("train", "val", "meta") for r in splits[name]}
-    table = read_adnimerge(path, cognitive=task.cognitive)
+    table = task.read_table(path)
     rows = np.flatnonzero(~np.isin(table.rid, list(seen)))
     if len(rows) == 0:
         raise ValueError(
             f"{path}: every subject was used in training or held out by {run.run_dir}: nothing to evaluate"
         )
     keep = task.keep_mask(config.data)
-    result = evaluate_model(
-        run.model, AdniDataset(table, rows, load_scaler(run.run_dir / "scaler.json")), keep
-    )
+    scaler = load_scaler(run.run_dir / "scaler.json")
+    result = evaluate_model(run.model, AdniDataset(table, rows, scaler, config.data.t1_size), keep)
     protocol = {
         "task": config.data.task,
         "data": str(path),
@@ -369,20 +393,20 @@ def subject_inputs(run, csv: str | Path | None, rid: int) -> tuple[dict[str, tor
     run = _as_run(run)
     task = make_task(run.config.data.task)
     csv = data_path(run.config.data, run.run_dir) if csv is None else csv
-    table = restrict(read_adnimerge(csv, cognitive=task.cognitive), task.keep_mask(run.config.data))
+    table = restrict(task.read_table(csv), task.keep_mask(run.config.data))
     rows = np.flatnonzero(table.rid == int(rid))
     if len(rows) == 0:
         raise ValueError(
             f"{csv}: no subject with RID {rid} (the loader reads baseline rows that have a DX_bl diagnosis)"
         )
-    ds = AdniDataset(table, rows, load_scaler(run.run_dir / "scaler.json"))
-    if not ds.present.any():
-        needs = "; ".join(f"{m.name}: {', '.join(m.key_columns)}" for m in task.card.modalities)
+    if not table.present[rows].any():
+        needs = "; ".join(f"{m.name}: {', '.join(m.key_columns)}" for m in task.specs)
         raise ValueError(
             f"{csv}: RID {rid} has no modality the run uses: nothing to predict from (a modality counts when "
             f"all its key columns are filled: {needs})"
         )
-    return {m: x for m, x in ds.inputs.items()}, ds.present
+    ds = AdniDataset(table, rows, load_scaler(run.run_dir / "scaler.json"), run.config.data.t1_size)
+    return dict(ds.inputs), ds.present
 
 
 def predict_subject(run, csv: str | Path | None, rid: int) -> SubjectPrediction:
@@ -410,6 +434,7 @@ def _as_run(run):
 def adni_config(
     data: str | Path | None = None,
     *,
+    task: str = "adni",
     method: str = "mckd",
     epochs: int = 30,
     seed: int = 0,
@@ -417,7 +442,7 @@ def adni_config(
     batch_size: int = 64,
     **overrides,
 ) -> RunConfig:
-    """A ``RunConfig`` for the ADNI task with CPU-sized defaults.
+    """A ``RunConfig`` for an ADNI task (``adni``, ``adni-cognitive``, ``adni-t1``) with CPU-sized defaults.
 
     ``data``: an ADNIMERGE CSV, or None for a synthetic cohort of ``subjects`` generated in the run. An epoch
     is ``ceil(n_train / batch_size)`` iterations (batches are drawn with replacement, as the trainer does);
@@ -427,10 +452,17 @@ def adni_config(
     """
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
-    n_train = len(load_adni(data).splits["train"]) if data is not None else round(SPLITS["train"] * subjects)
+    from mckd_lab.tasks import make_task
+
+    if not isinstance(make_task(task), ClassificationTask):
+        raise ValueError(f"task {task!r} is not an ADNI task; use adni, adni-cognitive or adni-t1")
+    t1 = make_task(task).t1
+    n_train = (
+        len(load_adni(data, t1=t1).splits["train"]) if data is not None else round(SPLITS["train"] * subjects)
+    )
     iterations = epochs * math.ceil(n_train / batch_size)
     base = {
-        "data.task": "adni", "data.root": None if data is None else str(data),
+        "data.task": task, "data.root": None if data is None else str(data),
         "data.cohort_subjects": subjects, "data.split_seed": seed, "runtime.seed": seed,
         "method.name": method, "method.meta_every_warmup": 20, "method.meta_every_missing": 20,
         "method.meta_batches": 5, "method.elect_every": 50, "optim.batch_size": batch_size, "model.channels": (32, 32),

@@ -30,8 +30,9 @@ def cmd_phantoms(a):
 def cmd_cohort(a):
     from mckd_lab.data.cohort import generate_cohort
 
-    out = generate_cohort(a.out, subjects=a.subjects, seed=a.seed)
-    print(f"wrote an ADNIMERGE-format cohort of {a.subjects} subjects (seed {a.seed}) to {out}")
+    out = generate_cohort(a.out, subjects=a.subjects, seed=a.seed, t1_size=a.t1_size)
+    with_t1 = f", baseline T1 volumes of {a.t1_size}^3 in {out.parent / 'T1'}" if a.t1_size else ""
+    print(f"wrote an ADNIMERGE-format cohort of {a.subjects} subjects (seed {a.seed}) to {out}{with_t1}")
 
 
 def cmd_inspect(a):
@@ -60,10 +61,12 @@ def build_config(a):
     from mckd_lab.config import RunConfig
 
     overrides = {"method.name": a.method, "runtime.seed": a.seed, "runtime.device": a.device}
-    if a.task == "adni":
+    if a.task.startswith("adni"):
         from mckd_lab.classification import adni_config
 
-        config = adni_config(a.data, method=a.method, epochs=a.epochs, seed=a.seed)
+        if a.size:
+            overrides["data.t1_size"] = a.size
+        config = adni_config(a.data, task=a.task, method=a.method, epochs=a.epochs, seed=a.seed)
     else:
         config = RunConfig()
         overrides.update({"data.root": str(a.data) if a.data else None, "model.backbone": a.backbone})
@@ -171,6 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--subjects", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--t1-size", type=int, help="also render each baseline MRI as a T1 volume of this side (32..128)"
+    )
     p.set_defaults(func=cmd_cohort)
 
     p = sub.add_parser("inspect", help="describe a BraTS folder or an ADNIMERGE CSV")
@@ -179,13 +185,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_inspect)
 
     p = sub.add_parser("train", help="train a model (MCKD or a baseline) and write a run directory")
-    p.add_argument("--task", choices=["brats", "adni"], default="brats")
+    p.add_argument(
+        "--task",
+        choices=["brats", "adni", "adni-t1"],
+        default="brats",
+        help="adni-t1: ADNI with a T1 volume per subject (column T1_PATH) in place of the imaging numbers",
+    )
     p.add_argument(
         "--data", type=Path, help="BraTS folder or ADNIMERGE CSV (default: generated phantoms/cohort)"
     )
     p.add_argument("--out", required=True, type=Path, help="the run directory")
     p.add_argument("--method", default="mckd", choices=["none", "uniform", "lckd", "mckd", "mckd-bilevel"])
-    p.add_argument("--size", type=int, help="BraTS: cubic crop size (and phantom size when generating)")
+    p.add_argument(
+        "--size", type=int, help="BraTS: cubic crop size (and phantom size when generating); adni-t1: T1 side"
+    )
     p.add_argument("--cases", type=int, help="BraTS: number of phantoms to generate")
     p.add_argument("--iterations", type=int, help="total iterations (warm-up + missing stage)")
     p.add_argument("--warmup", type=int, help="iterations with every modality present (default 3/8)")

@@ -27,6 +27,8 @@ class DataConfig:
     generates a cohort of ``cohort_subjects`` (``cohort_seed``) into ``<run>/cohort``; subjects are split by
     RID with ``split_seed`` (train/val/meta/test 0.6/0.1/0.1/0.2). modalities: use only these (subjects having
     all of them; the others removed), e.g. ``("imaging",)`` for a single-modality baseline; empty: all.
+    Task ``adni-t1``: ``mri`` (a T1 volume per subject, column ``T1_PATH``) replaces ``imaging``; volumes are
+    read at ``t1_size`` voxels a side (a multiple of 8; the generated cohort renders them at that size).
     """
 
     task: str = "brats"
@@ -43,6 +45,7 @@ class DataConfig:
     cohort_subjects: int = 1000
     cohort_seed: int = 0
     modalities: tuple[str, ...] = ()
+    t1_size: int = 32
 
 
 @dataclass
@@ -192,6 +195,7 @@ class RunConfig:
             (len(d.crop) == 3 and all(c > 0 for c in d.crop), f"data.crop {d.crop}: give (D, H, W)"),
             (0.0 <= d.test_fraction < 1.0, f"data.test_fraction {d.test_fraction} must be in [0, 1)"),
             (d.heldout_cases >= 1, f"data.heldout_cases must be >= 1, got {d.heldout_cases}"),
+            (d.t1_size >= 16 and d.t1_size % 8 == 0, f"data.t1_size {d.t1_size}: a multiple of 8, >= 16"),
             (r.device == "cpu" or r.device.startswith("cuda"), f"runtime.device {r.device!r}: cpu|cuda[:N]"),
             (r.checkpoint_every >= 1, f"runtime.checkpoint_every must be >= 1, got {r.checkpoint_every}"),
         ]  # fmt: skip

@@ -623,14 +623,15 @@ def split_cases(run, split: str = "test") -> list:
     import numpy as np
 
     from mckd_lab.classification import data_path, load_scaler, restrict
-    from mckd_lab.data.adni import AdniDataset, read_adnimerge
+    from mckd_lab.data.adni import AdniDataset
     from mckd_lab.tasks import make_task
 
     task = make_task(run.config.data.task)
-    table = read_adnimerge(data_path(run.config.data, run.run_dir), cognitive=task.cognitive)
+    table = task.read_table(data_path(run.config.data, run.run_dir))
     table = restrict(table, task.keep_mask(run.config.data))
     rows = np.flatnonzero(np.isin(table.rid, [int(r) for r in names]))
-    ds = AdniDataset(table, rows, load_scaler(Path(run.run_dir) / "scaler.json"))
+    scaler = load_scaler(Path(run.run_dir) / "scaler.json")
+    ds = AdniDataset(table, rows, scaler, run.config.data.t1_size)
     return [
         Subject(
             ds.case_ids[i],

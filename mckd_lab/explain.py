@@ -401,7 +401,8 @@ def voxel_attribution(
 class TabularAttribution:
     """Integrated Gradients of one class logit per tabular feature, and summed per modality.
 
-    ``features`` {modality: float (F_m,)}; ``per_modality`` {modality: sum}; ``target`` the class index;
+    ``features`` {modality: float (F_m,)} (a volume modality: (1,), the sum over its voxels); ``per_modality``
+    {modality: sum}; ``target`` the class index;
     ``delta`` Captum's convergence delta (sum of all attributions minus f(x) - f(0))."""
 
     features: dict[str, np.ndarray]
@@ -416,17 +417,17 @@ def tabular_integrated_gradients(
     """Integrated Gradients of class ``target``'s logit for one sample of tabular inputs, zero baseline.
 
     Args:
-        image: {modality: (F_m,) or (1, F_m)} in the model's modality order (the batch contract's dict).
+        image: one sample {modality: (F_m,), or (1, S, S, S) for a volume} in the model's modality order.
         present: (M,) modalities given (the others are zeroed by the model and get 0).
     """
     names, present = tuple(model.modalities), tuple(bool(p) for p in present)
     model.eval()
-    rows = {m: torch.as_tensor(image[m], dtype=torch.float32).reshape(1, -1) for m in names}
+    rows = {m: torch.as_tensor(image[m], dtype=torch.float32)[None] for m in names}
     players = [m for m, p in zip(names, present, strict=True) if p]  # the others never reach the graph
     mask = torch.tensor(present, device=rows[names[0]].device)[None]
 
     def forward(*xs: torch.Tensor) -> torch.Tensor:
-        batch = {m: torch.zeros_like(v).expand(xs[0].shape[0], -1) for m, v in rows.items()}
+        batch = {m: torch.zeros_like(v).expand(xs[0].shape[0], *v.shape[1:]) for m, v in rows.items()}
         batch.update(zip(players, xs, strict=True))
         return model(batch, mask.expand(xs[0].shape[0], -1)).logits
 
@@ -437,8 +438,12 @@ def tabular_integrated_gradients(
         n_steps=n_steps,
         return_convergence_delta=True,
     )
-    features = {m: np.zeros(v.shape[1]) for m, v in rows.items()}
-    features.update({m: a[0].detach().double().cpu().numpy() for m, a in zip(players, attr, strict=True)})
+    def per_feature(a: torch.Tensor) -> np.ndarray:  # a volume's voxels sum to one value
+        a = a[0].detach().double().cpu()
+        return a.numpy() if a.dim() == 1 else a.sum().reshape(1).numpy()
+
+    features = {m: np.zeros(v.shape[1] if v.dim() == 2 else 1) for m, v in rows.items()}
+    features.update({m: per_feature(a) for m, a in zip(players, attr, strict=True)})
     return TabularAttribution(
         features, {m: float(f.sum()) for m, f in features.items()}, int(target), float(delta.sum())
     )
@@ -500,7 +505,7 @@ def explain_run(
     shapley = modality_shapley(model, sample, present, task.classes, value="probability")
     predicted = int(np.argmax(shapley.full))
     ig = tabular_integrated_gradients(model, sample, present, predicted, n_steps)
-    columns = {m.name: list(m.columns) for m in task.card.modalities}
+    columns = {m.name: [f"{m.name} volume"] if m.kind == "image" else list(m.columns) for m in task.specs}
     if task.cognitive:
         columns["clinical"] += list(task.card.header["cognitive_columns"])
     result = {

@@ -102,13 +102,18 @@ def phantoms_folder(config, run_dir: str | Path) -> Path:
     return folder
 
 
-def _adni(cognitive: bool = False):
+def _adni(cognitive: bool = False, t1: bool = False):
     from mckd_lab.classification import ClassificationTask  # imports this module (Splits): import lazily
 
-    return ClassificationTask(cognitive=cognitive)
+    return ClassificationTask(cognitive=cognitive, t1=t1)
 
 
-TASKS = {"brats": SegmentationTask, "adni": _adni, "adni-cognitive": lambda: _adni(cognitive=True)}
+TASKS = {
+    "brats": SegmentationTask,
+    "adni": _adni,
+    "adni-cognitive": lambda: _adni(cognitive=True),
+    "adni-t1": lambda: _adni(t1=True),
+}
 
 
 def make_task(name: str):

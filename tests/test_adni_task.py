@@ -27,7 +27,7 @@ from mckd_lab.data.adni import AdniDataset, FeatureScaler, load_adni, read_adnim
 from mckd_lab.data.cohort import generate_cohort
 from mckd_lab.data.missing import all_subsets, subset_name
 from mckd_lab.method.strategies import STRATEGIES, StepContext, make_strategy
-from mckd_lab.models.tabular import build_tabular_network
+from mckd_lab.models.classifier import build_classification_network
 from mckd_lab.tasks import make_task
 from mckd_lab.train import load_checkpoint, train
 
@@ -62,7 +62,7 @@ def run(cohort, tmp_path_factory):
 
 def test_tabular_network_shapes_and_missing_inputs_ignored():
     torch.manual_seed(0)
-    net = build_tabular_network({"a": 3, "b": 1}, num_classes=3, widths=(8, 4)).eval()
+    net = build_classification_network({"a": 3, "b": 1}, num_classes=3, widths=(8, 4)).eval()
     image = {"a": torch.randn(2, 3), "b": torch.randn(2, 1)}
     present = torch.tensor([[True, False], [True, True]])
     out = net(image, present)
@@ -91,7 +91,7 @@ def test_metrics_by_hand():
 def test_task_options_and_refusals():
     assert make_task("adni").in_features() == {"imaging": 8, "genetic": 1, "clinical": 3, "biospecimen": 3}
     assert make_task("adni-cognitive").in_features()["clinical"] == 3 + 5  # MMSE, CDRSB, ADAS11, ADAS13, FAQ
-    with pytest.raises(ValueError, match="tabular encoders only"):
+    with pytest.raises(ValueError, match="the ADNI tasks have their own encoders"):
         make_task("adni").build_model(ModelConfig(backbone="reference"))
     with pytest.raises(ValueError, match="mri is not an ADNI modality"):
         make_task("adni").keep_mask(dataclasses.replace(RunConfig().data, modalities=("mri",)))
@@ -100,10 +100,10 @@ def test_task_options_and_refusals():
 # --- the strategy conformance checks, on ADNI batches ---------------------------------------------------------
 
 
-def _context(cohort, iteration, stage="missing"):
+def _context(cohort, iteration, task_name="adni", stage="missing"):
     torch.manual_seed(0)
-    task = make_task("adni")
-    data = load_adni(cohort)
+    task = make_task(task_name)
+    data = load_adni(cohort, t1=task.t1)
     model = task.build_model(ModelConfig(channels=(8, 8)))
     batch = default_collate([data.dataset("train")[i] for i in range(8)])
     heldout = default_collate([data.dataset("val")[i] for i in range(8)])
@@ -111,30 +111,32 @@ def _context(cohort, iteration, stage="missing"):
                        torch.Generator().manual_seed(0))  # fmt: skip
 
 
+@pytest.mark.parametrize("task_name", ["adni", "adni-t1"])
 @pytest.mark.parametrize("name", sorted(STRATEGIES))
-def test_strategy_conformance_on_adni(cohort, name):
+def test_strategy_conformance_on_adni(cohort, t1_cohort, task_name, name):
+    csv, mods = (t1_cohort if task_name == "adni-t1" else cohort), make_task(task_name).modalities
     config = MethodConfig(meta_every_warmup=2, meta_every_missing=2, elect_every=2, meta_batches=1)
-    strategy = make_strategy(name, MODS, config)
+    strategy = make_strategy(name, mods, config)
     c = strategy.pair_weights()
     assert c.shape == (4, 4) and not c.requires_grad and torch.isfinite(c).all() and (c >= 0).all()
-    assert strategy.update(_context(cohort, iteration=0)) == {}  # not due
-    ctx = _context(cohort, iteration=1)
+    assert strategy.update(_context(csv, 0, task_name)) == {}  # not due
+    ctx = _context(csv, 1, task_name)
     before = {k: v.clone() for k, v in ctx.model.state_dict().items()}
     record = strategy.update(ctx)
     assert all(torch.equal(before[k], v) for k, v in ctx.model.state_dict().items())
     json.dumps(record)
     if name == "lckd":  # elected by single-modality balanced accuracy on the held-out batch
         scores = record["scores"]["balanced_accuracy"]
-        assert set(scores) == set(MODS) and all(0 <= v <= 1 for v in scores.values())
-        assert record["teachers"] == [max(MODS, key=scores.get)]
+        assert set(scores) == set(mods) and all(0 <= v <= 1 for v in scores.values())
+        assert record["teachers"] == [max(mods, key=scores.get)]
     elif name.startswith("mckd"):
-        assert set(record["importance"]) == set(MODS) and any(v != 0 for v in record["omega"])
+        assert set(record["importance"]) == set(mods) and any(v != 0 for v in record["omega"])
     else:
         assert record == {}
     buffer = io.BytesIO()
     torch.save(strategy.state_dict(), buffer)
     buffer.seek(0)
-    clone = make_strategy(name, MODS, config)
+    clone = make_strategy(name, mods, config)
     clone.load_state_dict(torch.load(buffer, weights_only=True))
     assert torch.equal(clone.pair_weights(), strategy.pair_weights())
 

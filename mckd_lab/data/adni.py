@@ -8,7 +8,9 @@ encodings) comes from the card ``data_cards/adni.md``. Conventions:
 - censored CSF strings ``'>1700'`` / ``'<8'`` are read as the bound itself;
 - FreeSurfer volumes are divided by ICV; a modality is present when all its key columns are non-empty;
 - splits are by subject (RID), stratified by the subject's label; scaling (impute with the mean, standardise)
-  is fitted on the training split only; missing modalities are zero vectors in batches.
+  is fitted on the training split only; missing modalities are zero vectors in batches;
+- with ``t1=True`` (task ``adni-t1``) the card's ``t1_image`` modality ``mri`` replaces ``imaging``: a T1 volume
+  per subject named by the ``T1_PATH`` column (relative paths from the CSV's folder), read at ``t1_size``.
 
 Reading never modifies the file. Bad input raises :class:`AdniFormatError` naming file, column, value, line.
 """
@@ -23,14 +25,28 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mckd_lab.data.cards import Card, load_card
+from mckd_lab.data.cards import Card, Modality, load_card
 from mckd_lab.data.missing import subset_name
+from mckd_lab.data.t1_volumes import T1Error, read_t1
 
 SPLITS = {"train": 0.6, "val": 0.1, "meta": 0.1, "test": 0.2}
 
 
 class AdniFormatError(ValueError):
     """An ADNIMERGE file that cannot be read as the card describes (the message says where and what to do)."""
+
+
+def adni_modalities(card: Card | None = None, t1: bool = False) -> tuple[Modality, ...]:
+    """The card's modalities in order; with ``t1`` the ``t1_image`` volume modality replaces the one it names."""
+    card = card or load_card("adni")
+    if not t1:
+        return card.modalities
+    spec = card.header["t1_image"]
+    image = Modality(
+        name=spec["name"], kind=spec["kind"], description=spec["description"],
+        columns=tuple(spec["columns"]), key_columns=tuple(spec["key_columns"]),
+    )  # fmt: skip
+    return tuple(image if m.name == spec["replaces"] else m for m in card.modalities)
 
 
 def find_adnimerge(path: str | Path, card: Card | None = None) -> Path:
@@ -107,7 +123,8 @@ class AdniTable:
 
     ``features[m]``: float64 (N, F_m), raw units (volumes / ICV), NaN where not measured; ``present``: bool
     (N, M), all key columns non-empty; ``target``: int64 (N,), card labels; ``rid``: int64 (N,);
-    ``skipped``: reason -> number of rows (or subjects) left out.
+    ``skipped``: reason -> number of rows (or subjects) left out. Volume modalities (task ``adni-t1``) have
+    ``features[m]`` (N, 0) and ``volumes[m]``: str (N,) absolute NIfTI paths, ``""`` where absent.
     """
 
     path: Path
@@ -120,13 +137,19 @@ class AdniTable:
     features: dict[str, np.ndarray]
     present: np.ndarray
     skipped: dict[str, int] = field(default_factory=dict)
+    volumes: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.target)
 
 
 def read_adnimerge(
-    path: str | Path, *, visits: str = "baseline", cognitive: bool = False, drop_smc: bool = False
+    path: str | Path,
+    *,
+    visits: str = "baseline",
+    cognitive: bool = False,
+    drop_smc: bool = False,
+    t1: bool = False,
 ) -> AdniTable:
     """Read an ADNIMERGE CSV (file or folder) into an :class:`AdniTable`, rows sorted by RID then visit.
 
@@ -134,6 +157,7 @@ def read_adnimerge(
     with a ``DX``). ``cognitive``: append the card's cognitive scores to ``clinical`` (they define the label,
     hence opt-in).
     ``drop_smc``: leave out subjects whose ``DX_bl`` is SMC instead of counting them as CN.
+    ``t1``: the volume modality of the card's ``t1_image`` replaces ``imaging`` (paths checked to exist).
     """
     if visits not in ("baseline", "all"):
         raise ValueError(f"visits must be 'baseline' or 'all', got {visits!r}")
@@ -141,11 +165,12 @@ def read_adnimerge(
     h = card.header
     file = find_adnimerge(path, card)
     source = str(file)
+    modalities = adni_modalities(card, t1)
     names = {
         m.name: m.columns + (tuple(h["cognitive_columns"]) if cognitive and m.name == "clinical" else ())
-        for m in card.modalities
+        for m in modalities
     }
-    keys = [c for m in card.modalities for c in m.key_columns]
+    keys = [c for m in modalities for c in m.key_columns]
     used = [c for cols in names.values() for c in cols]
     needed = list(dict.fromkeys([h["subject_column"], h["visit_column"], "DX_bl", "DX", *keys, *used]))
     try:
@@ -154,10 +179,13 @@ def read_adnimerge(
         raise AdniFormatError(f"{source}: not a readable CSV ({err})") from err
     missing = [c for c in needed if c not in df.columns]
     if missing:
-        raise AdniFormatError(
-            f"{source}: missing required column(s) {', '.join(missing)}; is this an ADNIMERGE export? "
-            "The card data_cards/adni.md lists the columns used"
+        hint = (
+            "add a column T1_PATH with each baseline row's T1 NIfTI (task adni-t1; data_cards/adni.md, "
+            "'T1 images')"
+            if t1 and "T1_PATH" in missing
+            else "is this an ADNIMERGE export? The card data_cards/adni.md lists the columns used"
         )
+        raise AdniFormatError(f"{source}: missing required column(s) {', '.join(missing)}; {hint}")
     df.index = pd.RangeIndex(2, len(df) + 2)  # CSV line numbers (line 1 is the header)
     rid_col, vis_col = h["subject_column"], h["visit_column"]
     df[vis_col] = df[vis_col].str.strip()
@@ -206,9 +234,14 @@ def read_adnimerge(
             return _encode(df[c], c, encodings[c], source)
         return parse_numbers(df[c], c, source, censored=c in censored)
 
-    icv = column(h["icv_column"])
-    features, present = {}, []
-    for m in card.modalities:
+    icv = column(h["icv_column"]) if h["icv_column"] in df.columns else None  # not needed by adni-t1
+    features, present, volumes = {}, [], {}
+    for m in modalities:
+        if m.kind == "image":
+            volumes[m.name] = _volume_paths(df, m.columns[0], file)
+            features[m.name] = np.zeros((len(df), 0))
+            present.append(volumes[m.name] != "")
+            continue
         values = np.stack([column(c) for c in names[m.name]], axis=1)
         for j, c in enumerate(names[m.name]):
             if c in h["icv_normalised"]:
@@ -218,7 +251,7 @@ def read_adnimerge(
         present.append(~np.isnan(keys).any(axis=1))
     return AdniTable(
         path=file,
-        modalities=card.modality_names,
+        modalities=tuple(m.name for m in modalities),
         classes=tuple(card.labels[i] for i in sorted(card.labels)),
         feature_names=names,
         rid=df["_rid"].to_numpy(),
@@ -227,7 +260,22 @@ def read_adnimerge(
         features=features,
         present=np.stack(present, axis=1),
         skipped={k: v for k, v in skipped.items() if v},
+        volumes=volumes,
     )
+
+
+def _volume_paths(df: pd.DataFrame, column: str, file: Path) -> np.ndarray:
+    """str (N,): the volume paths of ``column`` made absolute (relative ones from the CSV's folder), ``""``
+    where empty; a path that does not exist is an error naming the line and RID."""
+    text = df[column].astype("string").str.strip().fillna("")
+    paths = np.array([str((file.parent / t).resolve()) if t else "" for t in text], dtype=object)
+    for line, rid, given, path in zip(df.index, df["_rid"], text, paths, strict=True):
+        if path and not Path(path).is_file():
+            raise AdniFormatError(
+                f"{file}: column {column}, line {line} (RID {rid}): {given!r} -> {path} does not exist; "
+                "fix the path (absolute, or relative to the CSV's folder) or empty the cell"
+            )
+    return paths
 
 
 def _encode(values: pd.Series, column: str, mapping: dict[str, int], source: str) -> np.ndarray:
@@ -314,12 +362,15 @@ class AdniDataset(torch.utils.data.Dataset):
 
     A sample: ``image`` {modality: float32 (F_m,)} (zeros when absent), ``present`` bool (M,), ``target``
     int64 (), ``case_id`` ``"<RID>_<VISCODE>"``. ``torch.utils.data.default_collate`` stacks them into
-    ``image`` {m: (B, F_m)}, ``present`` (B, M), ``target`` (B,), ``case_id`` list[str].
+    ``image`` {m: (B, F_m)}, ``present`` (B, M), ``target`` (B,), ``case_id`` list[str]. A volume modality
+    (task ``adni-t1``) is float32 (1, S, S, S), S = ``t1_size``; the volumes are read once, here.
     """
 
-    def __init__(self, table: AdniTable, rows: np.ndarray, scaler: FeatureScaler):
+    def __init__(self, table: AdniTable, rows: np.ndarray, scaler: FeatureScaler, t1_size: int = 32):
         self.rows = np.asarray(rows)
         self.inputs = {m: torch.from_numpy(x) for m, x in scaler.transform(table, self.rows).items()}
+        for m, paths in table.volumes.items():
+            self.inputs[m] = torch.from_numpy(_read_volumes(table, paths[self.rows], self.rows, t1_size))
         self.present = torch.from_numpy(table.present[self.rows])
         self.target = torch.from_numpy(table.target[self.rows])
         self.case_ids = [
@@ -338,6 +389,21 @@ class AdniDataset(torch.utils.data.Dataset):
         }
 
 
+def _read_volumes(table: AdniTable, paths: np.ndarray, rows: np.ndarray, size: int) -> np.ndarray:
+    """float32 (N, 1, S, S, S): the volumes at ``paths`` (zeros where ``""``); errors name the RID."""
+    out = np.zeros((len(paths), 1, size, size, size), dtype=np.float32)
+    for i, (path, row) in enumerate(zip(paths, rows, strict=True)):
+        if path:
+            try:
+                out[i] = read_t1(path, size)
+            except T1Error as err:
+                raise AdniFormatError(
+                    f"{table.path}: RID {table.rid[row]} ({table.viscode[row]}): {err}; replace the file or "
+                    "empty its T1_PATH cell"
+                ) from err
+    return out
+
+
 @dataclass(frozen=True)
 class AdniData:
     """A read table, its subject-level splits and the scaler fitted on ``splits['train']``."""
@@ -346,8 +412,8 @@ class AdniData:
     splits: dict[str, np.ndarray]
     scaler: FeatureScaler
 
-    def dataset(self, split: str) -> AdniDataset:
-        return AdniDataset(self.table, self.splits[split], self.scaler)
+    def dataset(self, split: str, t1_size: int = 32) -> AdniDataset:
+        return AdniDataset(self.table, self.splits[split], self.scaler, t1_size)
 
 
 def load_adni(
@@ -358,9 +424,10 @@ def load_adni(
     visits: str = "baseline",
     cognitive: bool = False,
     drop_smc: bool = False,
+    t1: bool = False,
 ) -> AdniData:
     """Read, split by subject and fit the scaler on the training split: everything a training run needs."""
-    table = read_adnimerge(path, visits=visits, cognitive=cognitive, drop_smc=drop_smc)
+    table = read_adnimerge(path, visits=visits, cognitive=cognitive, drop_smc=drop_smc, t1=t1)
     splits = split_subjects(table, fractions, seed)
     return AdniData(table=table, splits=splits, scaler=FeatureScaler.fit(table, splits["train"]))
 

@@ -6,7 +6,10 @@ and APOE4 drawn per class; a latent amyloid status (more likely with APOE4 and w
 and AV45; a latent within-class severity ``z`` is shared by volumes, FDG, tau and cognition so that
 modalities correlate; volumes shrink with age. Follow-up visits apply per-class yearly slopes, MCI/CN
 subjects may convert, and each modality is measured only when the phase's protocol (and chance) says so.
-The CSV is read back by :func:`mckd_lab.data.adni.read_adnimerge` like a real download.
+The CSV is read back by :func:`mckd_lab.data.adni.read_adnimerge` like a real download. With ``t1_size``,
+every baseline MRI is also rendered as a T1 volume (``mckd_lab.data.t1_phantoms``) whose ventricles,
+hippocampi and cortex follow that row's FreeSurfer volumes, written to ``T1/<PTID>_bl.nii.gz`` next to the CSV
+and named in an extra column ``T1_PATH`` (relative to the CSV's folder), as task ``adni-t1`` expects.
 """
 
 from __future__ import annotations
@@ -134,6 +137,7 @@ RACE = {
 }
 MARRIAGE = {"Married": 0.75, "Widowed": 0.11, "Divorced": 0.09, "Never married": 0.04, "Unknown": 0.01}
 CORTICAL = ("Entorhinal", "Fusiform", "MidTemp")  # FreeSurfer regions that fail QC on their own
+T1_VOLUMES = ("Hippocampus", "Ventricles", "WholeBrain")  # what a rendered T1 shows (t1_phantoms)
 VOLUMES = ("Ventricles", "Hippocampus", "WholeBrain", "Entorhinal", "Fusiform", "MidTemp", "ICV")
 COGNITION = ("CDRSB", "ADAS11", "ADAS13", "MMSE", "FAQ")
 BL_TWINS = COGNITION + ("FLDSTRENG",) + VOLUMES + ("FDG", "AV45", "ABETA", "TAU", "PTAU")
@@ -331,11 +335,15 @@ def _format(df: pd.DataFrame) -> pd.DataFrame:
     return df[list(COLUMNS)]
 
 
-def generate_cohort(out_csv: str | Path, subjects: int = 600, seed: int = 0) -> Path:
+def generate_cohort(
+    out_csv: str | Path, subjects: int = 600, seed: int = 0, t1_size: int | None = None
+) -> Path:
     """Write a synthetic ADNIMERGE-format CSV with ``subjects`` participants and their visits.
 
     Deterministic for ``seed``. Values are class-conditional (card ``adni_synthetic``); ABETA/TAU/PTAU are
     strings with Elecsys censoring ('>1700', '<80', '<8'); empty cells are missing measurements.
+    ``t1_size`` (32..128): also render baseline T1 volumes of that side and add the ``T1_PATH`` column.
+    The CSV is written last, through a temporary file (a half-written cohort is never left under its name).
     Returns the path written.
     """
     if subjects < 1:
@@ -345,5 +353,30 @@ def generate_cohort(out_csv: str | Path, subjects: int = 600, seed: int = 0) -> 
     table = _format(_visits(rng, base))
     out = Path(out_csv)
     out.parent.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out, index=False, date_format="%Y-%m-%d")
+    if t1_size is not None:
+        table["T1_PATH"] = _render_t1(table, out.parent, t1_size, seed)
+    partial = out.with_name(out.name + ".partial")
+    table.to_csv(partial, index=False, date_format="%Y-%m-%d")
+    partial.replace(out)
     return out
+
+
+def _render_t1(table: pd.DataFrame, folder: Path, size: int, seed: int) -> list[str]:
+    """Render and save the T1 volume of every baseline row with an MRI; the ``T1_PATH`` cells ("" elsewhere).
+
+    Each volume follows its row's FreeSurfer volumes divided by ICV; noise is seeded by (seed, RID)."""
+    from mckd_lab.data.phantoms import check_size
+    from mckd_lab.data.t1_phantoms import render_t1, save_t1
+
+    check_size(size)
+    cells = []
+    for row in table.itertuples(index=False):
+        if row.VISCODE != "bl" or pd.isna(row.ICV):
+            cells.append("")
+            continue
+        fractions = {v: float(getattr(row, v)) / float(row.ICV) for v in T1_VOLUMES}
+        volume = render_t1(fractions, size, np.random.default_rng([seed, int(row.RID)]))
+        name = f"T1/{row.PTID}_bl.nii.gz"
+        save_t1(volume, folder / name)
+        cells.append(name)
+    return cells
