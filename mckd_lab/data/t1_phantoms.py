@@ -10,25 +10,26 @@ changed by three FreeSurfer-like volumes given as fractions of the intracranial 
    interpolation, ``ndi.map_coordinates(order=1)``) at the warped points q = c + (p - c)(1 - k G(p)),
    G = exp(-|p - c|^2 / 2 sigma^2), centred on the lateral ventricles c = (0, -15, 15) mm (the centroid of the
    largest deep CSF component of the template: x +-35, y -58..30, z -4..28 mm), sigma = 27 mm. Near c this is
-   a uniform scaling by 1 / (1 - k), so k = 1 - r_v^(-1/3) scales the central CSF volume by r_v; the
-   displacement decays to about 1 mm at the cortex (mean 0.7 mm, at most 6 mm, at r_v = 4). The lateral
-   ventricles are C-shaped and reach beyond the Gaussian core, so as a whole they grow less than r_v:
-   measured on the template's ventricles at 1 mm, x0.71, 1.28, 1.43, 1.52 for r_v = 0.5, 2, 3, 4. The maps are
+   a uniform scaling by 1 / (1 - k); k = 1 - r_v^(-1/2) scales the central CSF volume by r_v^1.5, amplified
+   because the lateral ventricles are C-shaped and reach beyond the Gaussian core (with k = 1 - r_v^(-1/3),
+   which scales the core by exactly r_v, the template's ventricles grew only x1.28 for r_v = 2, measured at
+   1 mm); the displacement decays to about 1 mm at the cortex. The maps are
    sampled from the 1 mm template smoothed as ``mni_anatomy`` smooths it, not from the coarse grid, so r_v = 1
    gives exactly ``mni_anatomy(size).tissue`` and a warp adds no interpolation blur (at 6 mm voxels, blur
    alone would brighten thin CSF more than the warp darkens it).
 2. Global cortical atrophy, r_w = WholeBrain / REFERENCE: GM is multiplied by g = clip(1 - 4 (1 - r_w), 0.6,
    1.1) everywhere, the lost GM becoming CSF (class differences in whole-brain volume are ~5%, so they are
    amplified four times; a gain is taken from CSF only).
-3. Hippocampal atrophy, r_h = Hippocampus / REFERENCE clipped to [0.4, 1.3]: inside two ellipsoids centred
+3. Hippocampal atrophy, r_h = Hippocampus / REFERENCE: inside two ellipsoids centred
    on (+-26, -22, -14) mm with semi-axes (7, 18, 7) mm (x, y, z; soft edge: a smoothstep in the normalised
    radius d, weight 1 for d <= 0.75 falling to 0 at d >= 1.25, nothing changes beyond), GM is multiplied by
-   r_h (weight 1) towards 1 (weight 0), the lost GM becoming CSF.
+   h = clip(1 - 2.5 (1 - r_h), 0.1, 1.3) (weight 1) towards 1 (weight 0), the lost GM becoming CSF. The
+   amplification keeps a 20% loss (AD vs CN) visible in a structure a few voxels wide at 6 mm.
 
 Steps 2-3 act on the warped maps, so the hippocampi stay at their MNI coordinates. T1 contrast (MPRAGE:
 white matter brightest): 0.25 CSF + 0.62 GM + 1.0 WM, times a multiplicative bias field exp(sum c_t x^i y^j
 z^k) over the degree 1-2 terms of ``phantoms._BIAS_TERMS`` (coordinates scaled to [-1, 1] over the cube, c_t
-uniform in +-0.04: a few percent to ~10% over the brain), plus Rician noise of sigma 0.03 (WM = 1), exactly 0
+uniform in +-0.02: a few percent over the brain), plus Rician noise of sigma 0.03 (WM = 1), exactly 0
 outside ``mni_anatomy(size).brain``. Everything that does not depend on the subject (brain voxels, their
 offsets from the centres, the Gaussian, the ellipsoid weights, the bias terms, the smoothed 1 mm maps: about
 60 MB for each of the last two sizes) is cached per size.
@@ -53,13 +54,14 @@ REFERENCE: dict[str, float] = {name: BASELINE[name]["CN"][0] / _ICV_MM3 for name
 VENTRICLE_CENTRE_MM = (0.0, -15.0, 15.0)
 VENTRICLE_SIGMA_MM = 27.0
 VENTRICLE_RATIO = (0.4, 4.0)
+VENTRICLE_EXPONENT = 0.5  # k = 1 - r_v^(-exponent)
 WHOLE_BRAIN_GAIN, WHOLE_BRAIN_RANGE = 4.0, (0.6, 1.1)
 HIPPOCAMPUS_CENTRES_MM = ((26.0, -22.0, -14.0), (-26.0, -22.0, -14.0))
 HIPPOCAMPUS_SEMI_AXES_MM = (7.0, 18.0, 7.0)
 HIPPOCAMPUS_EDGE = 0.25  # half-width of the smoothstep edge, in units of the normalised ellipsoid radius
-HIPPOCAMPUS_RATIO = (0.4, 1.3)
+HIPPOCAMPUS_GAIN, HIPPOCAMPUS_RANGE = 2.5, (0.1, 1.3)
 CONTRAST = (0.25, 0.62, 1.0)  # CSF, GM, WM; WM = 1
-BIAS_COEFFICIENT = 0.04  # uniform +- per term of _BIAS_TERMS
+BIAS_COEFFICIENT = 0.02  # uniform +- per term of _BIAS_TERMS
 NOISE_SIGMA = 0.03  # Rician, relative to WM
 
 
@@ -142,17 +144,17 @@ def render_t1(fractions: Mapping[str, float], size: int = 32, rng=None) -> np.nd
     size = check_size(size)
     r_v = float(np.clip(_ratio(fractions, "Ventricles"), *VENTRICLE_RATIO))
     r_w = _ratio(fractions, "WholeBrain")
-    r_h = float(np.clip(_ratio(fractions, "Hippocampus"), *HIPPOCAMPUS_RATIO))
+    h = float(np.clip(1.0 - HIPPOCAMPUS_GAIN * (1.0 - _ratio(fractions, "Hippocampus")), *HIPPOCAMPUS_RANGE))
     rng = np.random.default_rng(rng)
     grid = _grid(size)
 
-    k = 1.0 - r_v ** (-1.0 / 3.0)
+    k = 1.0 - r_v ** (-VENTRICLE_EXPONENT)
     where = grid["centre"] + grid["rel"] * (1.0 - k * grid["gauss"])
     csf, gm, wm = (ndi.map_coordinates(t, where, order=1).clip(0.0, 1.0) for t in _source(size)[0])
 
     g = float(np.clip(1.0 - WHOLE_BRAIN_GAIN * (1.0 - r_w), *WHOLE_BRAIN_RANGE))
     gm, csf = _exchange(gm, csf, g)
-    gm, csf = _exchange(gm, csf, 1.0 + grid["hippocampus"] * np.float32(r_h - 1.0))
+    gm, csf = _exchange(gm, csf, 1.0 + grid["hippocampus"] * np.float32(h - 1.0))
 
     signal = CONTRAST[0] * csf + CONTRAST[1] * gm + CONTRAST[2] * wm
     coefficients = rng.uniform(-BIAS_COEFFICIENT, BIAS_COEFFICIENT, len(_BIAS_TERMS)).astype(np.float32)
