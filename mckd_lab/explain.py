@@ -438,6 +438,7 @@ def tabular_integrated_gradients(
         n_steps=n_steps,
         return_convergence_delta=True,
     )
+
     def per_feature(a: torch.Tensor) -> np.ndarray:  # a volume's voxels sum to one value
         a = a[0].detach().double().cpu()
         return a.numpy() if a.dim() == 1 else a.sum().reshape(1).numpy()

@@ -27,7 +27,6 @@ import torch
 
 from mckd_lab.data.cards import Card, Modality, load_card
 from mckd_lab.data.missing import subset_name
-from mckd_lab.data.t1_volumes import T1Error, read_t1
 
 SPLITS = {"train": 0.6, "val": 0.1, "meta": 0.1, "test": 0.2}
 
@@ -391,6 +390,8 @@ class AdniDataset(torch.utils.data.Dataset):
 
 def _read_volumes(table: AdniTable, paths: np.ndarray, rows: np.ndarray, size: int) -> np.ndarray:
     """float32 (N, 1, S, S, S): the volumes at ``paths`` (zeros where ``""``); errors name the RID."""
+    from mckd_lab.data.t1_volumes import T1Error, read_t1  # MONAI transforms: only when there are volumes
+
     out = np.zeros((len(paths), 1, size, size, size), dtype=np.float32)
     for i, (path, row) in enumerate(zip(paths, rows, strict=True)):
         if path:

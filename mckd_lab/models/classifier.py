@@ -16,7 +16,6 @@ import torch
 from torch import nn
 
 from mckd_lab.models.blocks import ClassificationHead
-from mckd_lab.models.compact import CompactEncoder
 from mckd_lab.models.network import MultiModalNet
 
 
@@ -57,6 +56,8 @@ class VolumeEncoder(nn.Module):
     """
 
     def __init__(self, width: int, channels: Sequence[int] = (8, 16, 32)):
+        from mckd_lab.models.compact import CompactEncoder  # MONAI blocks: tabular-only networks skip them
+
         super().__init__()
         self.cnn = CompactEncoder(1, channels)
         self.project = nn.Sequential(
