@@ -215,3 +215,17 @@ def test_cli_writes_a_t1_cohort_and_trains_on_it(tmp_path, capsys):
     assert make_task("adni-t1").in_features() == {"mri": None, "genetic": 1, "clinical": 3, "biospecimen": 3}
     assert main(["cohort", "--out", str(tmp_path / "x.csv"), "--t1-size", "20"]) == 2  # not a phantom size
     assert "from 32 to 128" in capsys.readouterr().err and not (tmp_path / "x.csv").exists()
+
+
+def test_cli_inspects_an_adnimerge_csv_with_t1_volumes(t1_cohort, capsys):
+    raw = pd.read_csv(t1_cohort, dtype=str, keep_default_na=False)
+    baseline = raw[raw["VISCODE"] == "bl"]
+    assert main(["inspect", str(t1_cohort), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["subjects"] == len(baseline) == 120
+    assert report["t1_images"] == int((baseline["T1_PATH"] != "").sum())
+    assert report["availability"]["imaging"] == int((baseline["Hippocampus"] != "").sum())
+    assert sum(report["classes"].values()) == sum(report["patterns"].values()) == 120
+    assert main(["inspect", str(t1_cohort)]) == 0
+    text = capsys.readouterr().out
+    assert "120 subjects at baseline" in text and f"T1 volumes (task adni-t1): {report['t1_images']}" in text

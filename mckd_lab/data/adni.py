@@ -437,11 +437,12 @@ def inspect_csv(path: str | Path) -> dict:
     """Summary of an ADNIMERGE file at baseline: JSON-ready dict.
 
     Keys: ``file``, ``subjects``, ``classes`` {CN/MCI/AD: n}, ``availability`` {modality: n present},
-    ``patterns`` {present modalities joined by '+': n subjects}, ``skipped`` {reason: n}.
+    ``patterns`` {present modalities joined by '+': n subjects}, ``skipped`` {reason: n}; with a ``T1_PATH``
+    column (task ``adni-t1``) also ``t1_images``: subjects with a T1 volume (every path checked to exist).
     """
     t = read_adnimerge(path)
     patterns = Counter(subset_name(row, t.modalities) if row.any() else "none" for row in t.present)
-    return {
+    result = {
         "file": str(t.path),
         "subjects": len(t),
         "classes": {c: int((t.target == i).sum()) for i, c in enumerate(t.classes)},
@@ -449,3 +450,20 @@ def inspect_csv(path: str | Path) -> dict:
         "patterns": dict(patterns.most_common()),
         "skipped": t.skipped,
     }
+    column = load_card("adni").header["t1_image"]["columns"][0]
+    if column in pd.read_csv(t.path, nrows=0).columns:
+        result["t1_images"] = int(read_adnimerge(path, t1=True).present[:, 0].sum())
+    return result
+
+
+def format_inspection(report: dict) -> str:
+    """``inspect_csv``'s report as text: subjects per class, availability per modality, patterns, skips."""
+    lines = [f"{report['file']}: ADNIMERGE, {report['subjects']} subjects at baseline"]
+    lines.append("  classes: " + ", ".join(f"{c} {n}" for c, n in report["classes"].items()))
+    lines.append("  available: " + ", ".join(f"{m} {n}" for m, n in report["availability"].items()))
+    if "t1_images" in report:
+        lines.append(f"  T1 volumes (task adni-t1): {report['t1_images']}")
+    lines.append("  availability patterns:")
+    lines += [f"    {n:6d}  {pattern}" for pattern, n in report["patterns"].items()]
+    lines += [f"  skipped: {n} {reason}" for reason, n in report["skipped"].items()]
+    return "\n".join(lines)
