@@ -23,12 +23,7 @@ from mckd_lab.train import train
 T1_MODS = ("mri", "genetic", "clinical", "biospecimen")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _save(array, affine, path):

@@ -37,13 +37,7 @@ SMALL = {"model.channels": [8, 8], "runtime.progress": False, "runtime.checkpoin
          "method.elect_every": 2, "optim.batch_size": 16, "optim.iterations": 6, "optim.warmup_iterations": 2}  # fmt: skip
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny MLPs: one thread is ~20x faster than two on a busy shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
