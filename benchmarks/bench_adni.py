@@ -180,8 +180,8 @@ def main() -> None:
                 "speed_epochs": args.speed_epochs,
                 "seeds": args.seeds,
                 "torch_threads": args.threads,
-                "config": "adni_config defaults (MLP widths 32,32; adni-t1: volume encoder widths 8,16,32 pooled; "
-                "AdamW 1e-3; batch 64)",
+                "config": "adni_config defaults (MLP widths 32,32; adni-t1: volume encoder widths 8,16,32, 4^3 grid, "
+                "flip + shift augmentation, AdamW 3e-3; adni: AdamW 1e-3; batch 64)",
             },  # fmt: skip
             "speed": speed,
             "quality": quality(csv, args.task, args.seeds, args.epochs, Path(tmp)),

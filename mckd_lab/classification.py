@@ -150,7 +150,7 @@ class ClassificationTask:
         cases = {name: [str(r) for r in data.table.rid[idx]] for name, idx in data.splits.items()}
         cases["heldout"] = [str(r) for r in table.rid[heldout]]
         return Splits(
-            AdniDataset(table, rows["train"], data.scaler, config.t1_size),
+            AdniDataset(table, rows["train"], data.scaler, config.t1_size, augment=True),
             AdniDataset(table, heldout, data.scaler, config.t1_size),
             cases,
         )
@@ -446,7 +446,7 @@ def adni_config(
 
     ``data``: an ADNIMERGE CSV, or None for a synthetic cohort of ``subjects`` generated in the run. An epoch
     is ``ceil(n_train / batch_size)`` iterations (batches are drawn with replacement, as the trainer does);
-    the first quarter is the all-available warm-up. MLP widths (32, 32); AdamW lr 1e-3, weight decay 1e-2; meta rounds every 20
+    the first quarter is the all-available warm-up. MLP widths (32, 32); AdamW lr 1e-3 (adni-t1: 3e-3), weight decay 1e-2; meta rounds every 20
     iterations (5 held-out batches), LCKD elections every 50. ``overrides``: dotted keys, e.g. ``{"method.sampler": "uniform"}``
     passed as ``**{"method.sampler": "uniform"}``.
     """
@@ -469,4 +469,6 @@ def adni_config(
         "optim.optimizer": "adamw", "optim.lr": 1e-3, "optim.weight_decay": 1e-2,
         "optim.iterations": iterations, "optim.warmup_iterations": iterations // 4,
     }  # fmt: skip
+    if t1:  # the volume encoder learns slowly at 1e-3 (mri alone, 30 epochs: 0.42 vs 0.45 at 3e-3, seed 0)
+        base["optim.lr"] = 3e-3
     return RunConfig().with_overrides(base | overrides).validate()

@@ -224,3 +224,69 @@ def test_cli_inspects_an_adnimerge_csv_with_t1_volumes(t1_cohort, capsys):
     assert main(["inspect", str(t1_cohort)]) == 0
     text = capsys.readouterr().out
     assert "120 subjects at baseline" in text and f"T1 volumes (task adni-t1): {report['t1_images']}" in text
+
+
+# --- augmentation of training volumes --------------------------------------------------------------------
+
+
+def test_training_volumes_are_flipped_and_shifted_reproducibly(t1_cohort):
+    data = load_adni(t1_cohort, t1=True)
+    rows = data.splits["train"][:12]
+    plain = AdniDataset(data.table, rows, data.scaler, 16)
+    augmented = AdniDataset(data.table, rows, data.scaler, 16, augment=True)
+    assert plain.transform is None and augmented.transform is not None
+    seen = set()
+    for i in range(len(rows)):
+        augmented.transform.set_random_state(seed=i)
+        sample = augmented[i]
+        augmented.transform.set_random_state(seed=i)
+        torch.testing.assert_close(augmented[i]["image"]["mri"], sample["image"]["mri"])  # same seed, same
+        for m in ("genetic", "clinical", "biospecimen"):
+            torch.testing.assert_close(sample["image"][m], plain[i]["image"][m])
+        original, got = plain[i]["image"]["mri"][0], sample["image"]["mri"][0]
+        if not plain.present[i, 0]:
+            assert got.abs().max() == 0  # no scan stays no scan
+            continue
+        matches = [
+            (flip, shift)
+            for flip in (False, True)
+            for shift in np.ndindex(3, 3, 3)  # shifts of -1..1 voxels (16 / 16 = 1)
+            if torch.equal(got, _shifted(original.flip(0) if flip else original, np.array(shift) - 1))
+        ]
+        assert matches, f"sample {i} is not a flip and shift of its volume"
+        seen.add(matches[0])
+    assert len(seen) > 3  # the draws differ between items
+
+
+def _shifted(volume: torch.Tensor, shift) -> torch.Tensor:
+    """``volume`` moved by integer ``shift`` voxels per axis, zeros shifted in."""
+    out = torch.zeros_like(volume)
+    src = tuple(slice(max(-s, 0), volume.shape[a] - max(s, 0)) for a, s in enumerate(shift))
+    dst = tuple(slice(max(s, 0), volume.shape[a] - max(-s, 0)) for a, s in enumerate(shift))
+    out[dst] = volume[src]
+    return out
+
+
+def test_resume_on_adni_t1_continues_exactly(t1_cohort, tmp_path):
+    config = adni_config(
+        t1_cohort, task="adni-t1", epochs=1, seed=0,
+        **{"runtime.progress": False, "data.t1_size": 16, "model.channels": (8, 8), "optim.iterations": 6,
+           "optim.warmup_iterations": 2, "optim.batch_size": 8, "runtime.checkpoint_every": 3,
+           "method.meta_every_warmup": 2, "method.meta_every_missing": 2, "method.meta_batches": 1},
+    )  # fmt: skip
+    full = train(config, tmp_path / "full")
+
+    class Interrupt(Exception):
+        pass
+
+    def stop_after_4(record):
+        if record["kind"] == "train" and record["iteration"] == 4:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train(config, tmp_path / "resumed", callbacks=[stop_after_4])
+    resumed = train(config, tmp_path / "resumed", resume=True)
+    strip = [{k: v for k, v in r.items() if k != "seconds"} for r in full.history]
+    assert [{k: v for k, v in r.items() if k != "seconds"} for r in resumed.history] == strip
+    for key, value in full.model.state_dict().items():
+        assert torch.equal(value, resumed.model.state_dict()[key]), key
