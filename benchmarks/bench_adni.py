@@ -1,11 +1,11 @@
 """ADNI classification per strategy on a generated cohort: speed (seconds per epoch, peak RSS) and quality.
 
 Run: ``python benchmarks/bench_adni.py [--task adni] [--subjects 1000] [--epochs 30] [--speed-epochs 5]
-[--seeds 0 1 2] [--threads 1] [--t1-size 32]``. Results and the machine's description go to
+[--seeds 0 1 2] [--threads 1] [--t1-size 32] [--speed-only]``. Results and the machine's description go to
 ``benchmarks/results/adni.json`` (task ``adni-t1``: ``adni_t1.json``).
 
 - Speed: each strategy trains ``--speed-epochs`` epochs (``adni_config`` defaults: batch 64, an epoch is
-  ceil(n_train / 64) iterations) in a fresh process, so that its peak RSS (``ru_maxrss``, imports included; the
+  ceil(n_train / 64) iterations) in a fresh process, so that its peak RSS (VmHWM, imports included; the
   RSS after imports is recorded beside it) is its own. Wall and CPU seconds per epoch (CPU time tells contention
   on a shared machine apart from work). One torch thread by default: these MLPs are tiny, and two threads on a
   busy two-core machine were measured ~20x slower.
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -35,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from machine import machine
+from machine import machine, peak_rss_mib
 
 from mckd_lab.classification import (
     adni_config,
@@ -51,10 +50,6 @@ from mckd_lab.tasks import make_task
 from mckd_lab.train import train
 
 RESULTS = Path(__file__).parent / "results"
-
-
-def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
 def speed_one(csv: str, task: str, method: str, epochs: int) -> dict:
@@ -141,6 +136,9 @@ def main() -> None:
     parser.add_argument("--speed-epochs", type=int, default=5)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--speed-only", action="store_true", help="re-measure speed; keep the quality of the results file"
+    )
     parser.add_argument("--speed-one", nargs=2, metavar=("CSV", "METHOD"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -150,6 +148,7 @@ def main() -> None:
         return
     started = machine()
     t1_size = args.t1_size if args.task == "adni-t1" else None
+    path = RESULTS / f"{args.task.replace('-', '_')}.json"
     with tempfile.TemporaryDirectory() as tmp:
         tic = time.perf_counter()
         csv = str(
@@ -166,6 +165,13 @@ def main() -> None:
                 subprocess.run(child, check=True, capture_output=True, text=True).stdout
             )
             print(method, speed[method])
+        if args.speed_only:
+            result = json.loads(path.read_text(encoding="utf-8"))
+            result["speed"], result["speed_machine"] = speed, started
+            result["speed_date"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+            print(f"updated the speed of {path}")
+            return
         result = {
             "benchmark": f"ADNI classification per strategy (bench_adni.py), task {args.task}",
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -186,7 +192,6 @@ def main() -> None:
             "speed": speed,
             "quality": quality(csv, args.task, args.seeds, args.epochs, Path(tmp)),
         }
-    path = RESULTS / f"{args.task.replace('-', '_')}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     print(f"wrote {path}")

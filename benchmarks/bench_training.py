@@ -24,27 +24,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from machine import machine
+from machine import machine, peak_rss_mib
 
 RESULTS = Path(__file__).parent / "results" / "training.json"
 STRATEGIES = ("none", "uniform", "lckd", "mckd", "mckd-bilevel")
-
-
-def rss_mb() -> float:
-    """This process's peak RSS in MiB: VmHWM (Linux; unlike ru_maxrss it does not carry the parent's peak
-    across fork + exec), else ru_maxrss."""
-    status = Path("/proc/self/status")
-    if status.exists():
-        line = next(ln for ln in status.read_text().splitlines() if ln.startswith("VmHWM:"))
-        return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 def child(spec: dict) -> dict:
@@ -63,7 +52,7 @@ def child(spec: dict) -> dict:
         if record["kind"] == "train" and record["iteration"] in (warmup - 1, warmup + measure - 1):
             stamps[record["iteration"]] = time.perf_counter()
 
-    rss_import = rss_mb()
+    rss_import = peak_rss_mib()
     with tempfile.TemporaryDirectory() as run_dir:
         run = train(config, run_dir, callbacks=[clock])
     timed = [r for r in run.records("train") if warmup <= r["iteration"] < warmup + measure]
@@ -72,7 +61,7 @@ def child(spec: dict) -> dict:
         "s_per_it": round((stamps[warmup + measure - 1] - stamps[warmup - 1]) / measure, 4),
         "s_per_it_history": round(sum(r["seconds"] for r in timed) / len(timed), 4),
         "periodic_rounds_timed": sum(warmup <= r["iteration"] < warmup + measure for r in periodic),
-        "peak_rss_mb": round(rss_mb(), 1),
+        "peak_rss_mb": round(peak_rss_mib(), 1),
         "rss_import_mb": round(rss_import, 1),
     }
 

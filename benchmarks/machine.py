@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import platform
+import resource
 import sys
+from pathlib import Path
 
 
 def machine() -> dict:
@@ -23,3 +25,13 @@ def machine() -> dict:
         if name in sys.modules:
             info[name] = sys.modules[name].__version__
     return info
+
+
+def peak_rss_mib() -> float:
+    """This process's peak RSS in MiB: VmHWM (Linux; unlike ru_maxrss it does not carry the parent's peak
+    across fork + exec), else ru_maxrss."""
+    status = Path("/proc/self/status")
+    if status.exists():
+        line = next(ln for ln in status.read_text().splitlines() if ln.startswith("VmHWM:"))
+        return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux

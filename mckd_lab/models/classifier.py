@@ -3,9 +3,10 @@
 
 Each tabular modality m (a group of F_m table columns, e.g. ADNI ``imaging`` F = 8, ``genetic`` F = 1) has its
 own small MLP ``(N, F_m) -> (N, C)``; a volume modality (task ``adni-t1``: a T1 MRI ``(N, 1, S, S, S)``) has an
-encoder of the segmentation family (``CompactEncoder``) pooled to a coarse grid and projected to ``(N, C)``. The M bottlenecks
-(B, M, C) are filled (mean of the present ones) and the classification head reads their concatenation
-(B, M * C) -> logits (B, K), softmax over the classes (ADNI: CN, MCI, AD). No encoder here has skips.
+encoder of the segmentation family (``CompactEncoder``) pooled to a coarse grid and projected to ``(N, C)``.
+The M bottlenecks (B, M, C) are filled (mean of the present ones) and the classification head reads their
+concatenation (B, M * C) -> logits (B, K), softmax over the classes (ADNI: CN, MCI, AD). No encoder here has
+skips.
 """
 
 from __future__ import annotations
