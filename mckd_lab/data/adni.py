@@ -363,28 +363,13 @@ class AdniDataset(torch.utils.data.Dataset):
     int64 (), ``case_id`` ``"<RID>_<VISCODE>"``. ``torch.utils.data.default_collate`` stacks them into
     ``image`` {m: (B, F_m)}, ``present`` (B, M), ``target`` (B,), ``case_id`` list[str]. A volume modality
     (task ``adni-t1``) is float32 (1, S, S, S), S = ``t1_size``; the volumes are read once, here.
-
-    ``augment`` (training): each present volume is flipped left-right with probability 1/2 and shifted by up
-    to S/16 voxels along each axis (zeros shifted in), by a MONAI ``transform`` that the trainer reseeds per
-    item (``set_random_state``), so runs and resumes stay exact. 540 training volumes are few for a 3-D CNN:
-    without it the mri-only model fits its training set within 300 iterations (test balanced accuracy 0.42
-    on the synthetic cohort, 3 seeds) and with it does not (see ``benchmarks/README.md``).
     """
 
-    def __init__(
-        self,
-        table: AdniTable,
-        rows: np.ndarray,
-        scaler: FeatureScaler,
-        t1_size: int = 32,
-        augment: bool = False,
-    ):
+    def __init__(self, table: AdniTable, rows: np.ndarray, scaler: FeatureScaler, t1_size: int = 32):
         self.rows = np.asarray(rows)
         self.inputs = {m: torch.from_numpy(x) for m, x in scaler.transform(table, self.rows).items()}
         for m, paths in table.volumes.items():
             self.inputs[m] = torch.from_numpy(_read_volumes(table, paths[self.rows], self.rows, t1_size))
-        self.volumes = {m: table.modalities.index(m) for m in table.volumes}  # name -> column of present
-        self.transform = _augmentation(t1_size) if augment and self.volumes else None
         self.present = torch.from_numpy(table.present[self.rows])
         self.target = torch.from_numpy(table.target[self.rows])
         self.case_ids = [
@@ -395,30 +380,12 @@ class AdniDataset(torch.utils.data.Dataset):
         return len(self.rows)
 
     def __getitem__(self, i: int) -> dict:
-        image = {m: x[i] for m, x in self.inputs.items()}
-        if self.transform is not None:
-            for m, k in self.volumes.items():
-                if self.present[i, k]:
-                    image[m] = self.transform(image[m]).as_tensor()
         return {
-            "image": image,
+            "image": {m: x[i] for m, x in self.inputs.items()},
             "present": self.present[i],
             "target": self.target[i],
             "case_id": self.case_ids[i],
         }
-
-
-def _augmentation(size: int):
-    """MONAI: left-right flip (p = 1/2), then a shift of up to size/16 voxels per axis (pad, random crop)."""
-    from monai.transforms import Compose, RandFlip, RandSpatialCrop, SpatialPad
-
-    return Compose(
-        [
-            RandFlip(prob=0.5, spatial_axis=0),
-            SpatialPad((size + 2 * max(size // 16, 1),) * 3),
-            RandSpatialCrop((size,) * 3, random_size=False),
-        ]
-    )
 
 
 def _read_volumes(table: AdniTable, paths: np.ndarray, rows: np.ndarray, size: int) -> np.ndarray:

@@ -55,8 +55,8 @@ class VolumeEncoder(nn.Module):
     units, instance norm), average pooling to a ``grid``^3 layout, then Linear -> LayerNorm (no affine) to
     ``width`` C, the same ending as ``TabularEncoder`` so the KD loss compares features on one scale. The
     volumes are registered to MNI152, so where a change lies matters (hippocampi, ventricles, cortex): the
-    coarse grid keeps that, a global average would not (measured on the synthetic cohort, 32^3, mri alone:
-    test balanced accuracy 0.45 with global pooling vs 0.52 with the 4^3 grid, both with augmentation).
+    coarse grid keeps that, a global average would not (synthetic cohort, 32^3, MCKD with all modalities, seed
+    0, 30 epochs: balanced accuracy of the mri-alone subset 0.47 with a global average, 0.50 with the grid).
     """
 
     def __init__(self, width: int, channels: Sequence[int] = (8, 16, 32), grid: int = 4):
