@@ -2,6 +2,7 @@
 parameters (a real kernel, the real library). Binder's dependency list covers pyproject's."""
 
 import ast
+import json
 import re
 from pathlib import Path
 
@@ -86,6 +87,16 @@ def test_01_brats_trains_evaluates_and_keeps_static_figures(brats_run):
 def test_02_adni(tmp_path):
     ex.run_notebook(NOTEBOOKS / "02_adni_mckd.ipynb", tmp_path, {"subjects": 200, "epochs": 1})
     assert (tmp_path / "run" / "metrics.json").is_file()
+
+
+@pytest.mark.slow
+def test_02_adni_with_t1_volumes(tmp_path):
+    ex.run_notebook(
+        NOTEBOOKS / "02_adni_mckd.ipynb", tmp_path, {"subjects": 120, "epochs": 1, "task": "adni-t1"}
+    )
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["modalities"][0] == "mri" and metrics["protocol"]["task"] == "adni-t1"
+    assert list((tmp_path / "run" / "cohort" / "T1").glob("*_bl.nii.gz"))  # the cohort came with its scans
 
 
 @pytest.mark.slow

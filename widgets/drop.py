@@ -61,6 +61,7 @@ class ModalityDropExplorer(View):
             the class id. Optional: without it no Dice / true class is shown.
         available: (M,) bools, the modalities the case has (default all); the others cannot be ticked.
         card: the data card naming modalities, regions and classes (default ``brats``).
+        names: the modality names when they are not the card's (task ``adni-t1``: ``mri`` for ``imaging``).
         threads: torch threads while encoding and on each toggle (None: torch's setting). One by default: a
             48^3 decode gains little from more, and on a busy machine OpenMP threads waiting on each other
             make a toggle several times slower (benchmarks/results/widgets.json).
@@ -75,12 +76,14 @@ class ModalityDropExplorer(View):
         card: Card | None = None,
         title: str = "",
         threads: int | None = 1,
+        names: Sequence[str] | None = None,
     ):
         self.card = card or load_card("brats")
-        self.names = self.card.modality_names
+        self.names = tuple(names) if names is not None else self.card.modality_names
         if tuple(model.modalities) != self.names:
             raise ValueError(
-                f"the model's modalities {model.modalities} differ from card {self.card.name!r}'s"
+                f"the model's modalities {model.modalities} differ from {self.names} (card "
+                f"{self.card.name!r}); pass the task's modality names as names="
             )
         self.model = model.eval()
         self.classification = isinstance(image, Mapping)
