@@ -161,8 +161,12 @@ def test_class_weights_and_heldout_from_the_splits(cohort, tmp_path):
     assert len(splits.heldout) == full[data.splits["val"]].sum() + full[data.splits["meta"]].sum()
 
 
-def test_resume_on_adni_continues_exactly(cohort, tmp_path):
-    config = RunConfig().with_overrides({**SMALL, "data.task": "adni", "data.root": str(cohort)})
+@pytest.mark.parametrize("task_name", ["adni", "adni-t1"])
+def test_resume_on_adni_continues_exactly(cohort, t1_cohort, task_name, tmp_path):
+    csv = t1_cohort if task_name == "adni-t1" else cohort
+    config = RunConfig().with_overrides(
+        {**SMALL, "data.task": task_name, "data.root": str(csv), "data.t1_size": 16}
+    )
     full = train(config, tmp_path / "full")
 
     class Interrupt(Exception):
