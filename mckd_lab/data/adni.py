@@ -178,10 +178,11 @@ def read_adnimerge(
         raise AdniFormatError(f"{source}: not a readable CSV ({err})") from err
     missing = [c for c in needed if c not in df.columns]
     if missing:
+        paths = [m.columns[0] for m in modalities if m.kind == "image" and m.columns[0] in missing]
         hint = (
-            "add a column T1_PATH with each baseline row's T1 NIfTI (task adni-t1; data_cards/adni.md, "
+            f"add a column {paths[0]} with each baseline row's T1 NIfTI (task adni-t1; data_cards/adni.md, "
             "'T1 images')"
-            if t1 and "T1_PATH" in missing
+            if paths
             else "is this an ADNIMERGE export? The card data_cards/adni.md lists the columns used"
         )
         raise AdniFormatError(f"{source}: missing required column(s) {', '.join(missing)}; {hint}")
