@@ -454,9 +454,10 @@ def adni_config(
         raise ValueError(f"epochs must be >= 1, got {epochs}")
     from mckd_lab.tasks import make_task
 
-    if not isinstance(make_task(task), ClassificationTask):
+    made = make_task(task)
+    if not isinstance(made, ClassificationTask):
         raise ValueError(f"task {task!r} is not an ADNI task; use adni, adni-cognitive or adni-t1")
-    t1 = make_task(task).t1
+    t1 = made.t1
     n_train = (
         len(load_adni(data, t1=t1).splits["train"]) if data is not None else round(SPLITS["train"] * subjects)
     )

@@ -137,7 +137,6 @@ RACE = {
 }
 MARRIAGE = {"Married": 0.75, "Widowed": 0.11, "Divorced": 0.09, "Never married": 0.04, "Unknown": 0.01}
 CORTICAL = ("Entorhinal", "Fusiform", "MidTemp")  # FreeSurfer regions that fail QC on their own
-T1_VOLUMES = ("Hippocampus", "Ventricles", "WholeBrain")  # what a rendered T1 shows (t1_phantoms)
 VOLUMES = ("Ventricles", "Hippocampus", "WholeBrain", "Entorhinal", "Fusiform", "MidTemp", "ICV")
 COGNITION = ("CDRSB", "ADAS11", "ADAS13", "MMSE", "FAQ")
 BL_TWINS = COGNITION + ("FLDSTRENG",) + VOLUMES + ("FDG", "AV45", "ABETA", "TAU", "PTAU")
@@ -366,7 +365,7 @@ def _render_t1(table: pd.DataFrame, folder: Path, size: int, seed: int) -> list[
 
     Each volume follows its row's FreeSurfer volumes divided by ICV; noise is seeded by (seed, RID)."""
     from mckd_lab.data.phantoms import check_size
-    from mckd_lab.data.t1_phantoms import render_t1, save_t1
+    from mckd_lab.data.t1_phantoms import T1_VOLUMES, render_t1, save_t1
 
     check_size(size)
     cells = []
