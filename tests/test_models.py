@@ -41,6 +41,28 @@ def test_encode_once_then_decode_any_subset_equals_forward():
     torch.testing.assert_close(split.filled, direct.filled)
 
 
+@pytest.mark.parametrize("shared", [True, False])
+def test_a_blank_input_has_one_encoding_whichever_path_encodes_it(shared):
+    """Instance norm on a zero-variance input amplifies rounding ~1/sqrt(eps), and rounding differs with the
+    batch size and the CPU's kernels (AVX2 vs AVX-512). So a blank input is never run through the encoder in
+    a batch: every path takes the same zero response (batch 1), bit for bit, on any CPU."""
+    torch.manual_seed(0)
+    net = build_segmentation_network(MODS, channels=(4, 8, 16), shared_encoder=shared).eval()
+    image = _volumes(batch=3)
+    image[1, 3] = 0  # t2 blank in sample 1, t1 blank in sample 2
+    image[2, 1] = 0
+    with torch.no_grad():
+        zero = net.encode_zero(image)
+        plain = net.encode(image)
+        present = net.encode(image, torch.ones(3, 4, dtype=torch.bool))
+    for enc in (plain, present):
+        assert torch.equal(enc.bottleneck[1, 3], zero.bottleneck[0, 3])
+        assert torch.equal(enc.bottleneck[2, 1], zero.bottleneck[0, 1])
+        for skip, z in zip(enc.skips, zero.skips, strict=True):
+            assert torch.equal(skip[1, 3], z[0, 3]) and torch.equal(skip[2, 1], z[0, 1])
+    assert not torch.equal(plain.bottleneck[0, 3], zero.bottleneck[0, 3])  # a real input is encoded
+
+
 def test_missing_input_is_zeroed_inside_the_model():
     torch.manual_seed(0)
     net = build_segmentation_network(MODS, channels=(4, 8, 16)).eval()

@@ -89,11 +89,11 @@ class MultiModalNet(nn.Module):
     def shared(self) -> bool:
         return len(self.encoders) == 1
 
-    def _run_encoders(self, image: Image, keep: torch.Tensor | None = None) -> Encoded:
+    def _run_encoders(self, image: Image, keep: torch.Tensor) -> Encoded:
         """Encode (B, M) inputs; where ``keep`` (B, M) is False the encoder is not run on the input: the entry
-        is its zero-input response, computed once without autograd."""
+        is its zero-input response (``zero_response``)."""
         b, m = _batch_size(image), len(self.modalities)
-        keep = torch.ones(b, m, dtype=torch.bool) if keep is None else keep.bool().cpu()
+        keep = keep.bool().cpu()
         if isinstance(image, dict):
             if self.shared and m > 1:
                 raise ValueError(
@@ -121,16 +121,18 @@ class MultiModalNet(nn.Module):
     def encode(self, image: Image, present: torch.Tensor | None = None) -> Encoded:
         """Encode every modality as given; (B, M) -> Encoded.
 
-        With ``present`` (B, M), missing and blank (all-zero) inputs are not run through the encoder: their
-        entries are the encoder's zero-input response, without gradient (see the module docstring: the
-        zero-variance hazard). The values are those of encoding the zeroed input; only the cost and the
-        gradients differ.
+        Blank (all-zero) inputs, and with ``present`` (B, M) missing ones, are not run through the encoder:
+        their entries are the encoder's zero-input response (``zero_response``), without gradient (see the
+        module docstring: the zero-variance hazard). So a blank input has one value whichever path encodes
+        it (this call, ``encode_zero``, a subset decoded from an encode-once pass): instance norm on a
+        zero-variance input amplifies rounding ~1/sqrt(eps), and rounding differs with the batch size and the
+        CPU's kernels, so the response is always computed the same way, on a batch of one zero input.
         """
-        keep = None if present is None else present.bool() & ~self.blank(image)
-        return self._run_encoders(image, keep)
+        keep = ~self.blank(image)
+        return self._run_encoders(image, keep if present is None else keep & present.bool())
 
     def encode_zero(self, like: Image) -> Encoded:
-        """The encoder's response to all-zero inputs, shaped like ``encode(like)`` (computed once)."""
+        """The encoder's response to all-zero inputs, shaped like ``encode(like)`` (``zero_response``)."""
         return self._run_encoders(
             like, torch.zeros(_batch_size(like), len(self.modalities), dtype=torch.bool)
         )
@@ -169,6 +171,13 @@ def _batch_size(image: Image) -> int:
     return next(iter(image.values())).shape[0] if isinstance(image, dict) else image.shape[0]
 
 
+def zero_response(encoder: nn.Module, like: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """``encoder``'s response to one all-zero input shaped like a row of ``like`` (N, ...), without autograd:
+    (bottleneck (1, ...), skips [(1, ...)]). The one place a zero input meets the encoder."""
+    with torch.no_grad():
+        return encoder(torch.zeros_like(like[:1]))
+
+
 def _encode_rows(
     encoder: nn.Module, x: torch.Tensor, keep: torch.Tensor
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -176,8 +185,7 @@ def _encode_rows(
     zero row, computed once under ``no_grad``. Returns (bottleneck (N, ...), skips [(N, ...)])."""
     if bool(keep.all()):
         return encoder(x)
-    with torch.no_grad():
-        zero_b, zero_s = encoder(torch.zeros_like(x[:1]))
+    zero_b, zero_s = zero_response(encoder, x)
     n = x.shape[0]
     if not bool(keep.any()):
         return zero_b.expand(n, *zero_b.shape[1:]), [z.expand(n, *z.shape[1:]) for z in zero_s]
