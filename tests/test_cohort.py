@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 
 from mckd_lab.data.cards import load_card
-from mckd_lab.data.cohort import generate_cohort
+from mckd_lab.data.cohort import T1_REFERENCE, generate_cohort
+from mckd_lab.data.t1_phantoms import T1_VOLUMES
 
 SUBJECTS = 400
 
@@ -120,3 +121,10 @@ def test_synthetic_card_matches_the_adni_card_and_the_generator():
     assert synthetic.labels == real.labels
     defaults = inspect.signature(generate_cohort).parameters
     assert synthetic.header["defaults"] == {k: defaults[k].default for k in ("subjects", "seed")}
+
+
+def test_t1_reference_is_the_cn_mean_over_icv():
+    assert tuple(T1_REFERENCE) == T1_VOLUMES == ("Hippocampus", "Ventricles", "WholeBrain")
+    assert T1_REFERENCE == pytest.approx(  # CN means at 75 over ICV 1.5e6 mm^3
+        {"Hippocampus": 7300 / 1.5e6, "Ventricles": 33000 / 1.5e6, "WholeBrain": 1030000 / 1.5e6}
+    )

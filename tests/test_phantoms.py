@@ -1,4 +1,4 @@
-"""Synthetic BraTS-like phantoms: anatomy, tumour, contrast, determinism, the written BraTS 2018 layout."""
+"""Synthetic BraTS-like phantoms and their grid: anatomy, tumour, contrast, determinism, the BraTS 2018 layout."""
 
 from __future__ import annotations
 
@@ -10,16 +10,14 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from mckd_lab.data import phantoms
+from mckd_lab.data import anatomy, phantoms
+from mckd_lab.data.anatomy import bias_field, bias_terms, check_size, mni_anatomy, phantom_affine, save_nifti
 from mckd_lab.data.brats import AXES, load_case, scan_folder
 from mckd_lab.data.cards import load_card
 from mckd_lab.data.phantoms import (
     PhantomParams,
-    check_size,
     generate_phantoms,
     make_phantom,
-    mni_anatomy,
-    phantom_affine,
     region_contrast,
     render_phantom,
     sample_phantom_params,
@@ -83,6 +81,33 @@ def test_affine_is_isotropic_and_centred():
     centre = nib.affines.apply_affine(affine, [31.5, 31.5, 31.5])
     np.testing.assert_allclose(centre, load_card("brats_phantoms").header["centre_mm"])
     np.testing.assert_allclose(nib.affines.apply_affine(affine, [-0.5] * 3), centre - 96)
+
+
+def test_bias_terms_by_hand():
+    # voxel (0, 31, 16) of 32: coordinates (2 v + 1) / 32 - 1 = -31/32, 31/32, 1/32
+    x, y, z = -31 / 32, 31 / 32, 1 / 32
+    by_hand = {(1, 0, 0): x, (0, 1, 0): y, (0, 0, 1): z, (2, 0, 0): x * x, (0, 2, 0): y * y, (0, 0, 2): z * z}
+    by_hand |= {(1, 1, 0): x * y, (1, 0, 1): x * z, (0, 1, 1): y * z}
+    voxels = (np.array([0]), np.array([31]), np.array([16]))
+    terms = bias_terms(voxels, 32, np.float64)
+    assert terms.shape == (9, 1) and set(anatomy.BIAS_TERMS) == set(by_hand)
+    np.testing.assert_allclose(terms[:, 0], [by_hand[t] for t in anatomy.BIAS_TERMS], rtol=1e-15)
+    assert bias_terms(voxels, 32).dtype == np.float32
+    np.testing.assert_array_equal(bias_field(np.zeros((4, 9), np.float32), bias_terms(voxels, 32)), 1.0)
+    only_x = np.array([0.1 if t == (1, 0, 0) else 0.0 for t in anatomy.BIAS_TERMS])
+    np.testing.assert_allclose(bias_field(only_x, terms), [np.exp(0.1 * x)])
+
+
+def test_save_nifti_is_mni_and_byte_stable(tmp_path):
+    array = np.arange(32**3, dtype=np.int16).reshape((32,) * 3)
+    for name in ("a.nii.gz", "b.nii.gz"):
+        save_nifti(array, phantom_affine(32), tmp_path / name)
+    written = (tmp_path / "a.nii.gz").read_bytes()
+    assert written == (tmp_path / "b.nii.gz").read_bytes() and written[4:8] == bytes(4)  # gzip MTIME is 0
+    image = nib.load(tmp_path / "a.nii.gz")
+    assert (int(image.header["sform_code"]), int(image.header["qform_code"])) == (4, 4)
+    np.testing.assert_array_equal(image.affine, phantom_affine(32))
+    np.testing.assert_array_equal(np.asanyarray(image.dataobj), array)
 
 
 def test_same_seed_same_bytes_and_parameters_replay():
@@ -214,6 +239,7 @@ def test_round_trip_through_the_brats_loader(tmp_path):
         np.testing.assert_array_equal(case.image != 0, written > 0)
 
 
-def test_phantoms_module_never_downloads():
-    source = open(phantoms.__file__, encoding="utf-8").read()
+@pytest.mark.parametrize("module", [anatomy, phantoms])
+def test_phantom_modules_never_download(module):
+    source = open(module.__file__, encoding="utf-8").read()
     assert "fetch_" not in source and "urlopen" not in source and "requests" not in source

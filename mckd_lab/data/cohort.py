@@ -19,7 +19,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from mckd_lab.data.anatomy import check_size
 from mckd_lab.data.cards import load_card
+from mckd_lab.data.t1_phantoms import T1_VOLUMES, render_t1, save_t1
 
 # DX_bl group -> (class, weight of the MCI profile, DX string at baseline). EMCI sits halfway between CN and
 # LMCI (= the ADNI1 MCI profile); SMC uses the CN profile.
@@ -62,7 +64,9 @@ MEASURED = {
     "ADNI2": ((0.93, 0.93, 0.93, 0.80, 0.99), {"FDG": (24,), "AV45": (24, 48), "CSF": (24,)}),
     "ADNI3": ((0.80, 0.30, 0.50, 0.35, 0.95), {"AV45": (24,)}),
 }
-# Baseline (mean, sd) per class at age 75, ICV 1.5e6 mm^3: demographics, cognition and FreeSurfer/PET.
+# Baseline (mean, sd) per class at age 75 and an ICV of BASELINE_ICV_MM3 (mm^3): demographics, cognition and
+# FreeSurfer/PET.
+BASELINE_ICV_MM3 = 1.5e6
 BASELINE = {
     "AGE": {"CN": (75.8, 5.0), "MCI": (74.7, 7.4), "AD": (75.3, 7.5)},
     "PTEDUCAT": {"CN": (16.0, 2.9), "MCI": (15.7, 3.0), "AD": (14.7, 3.1)},
@@ -79,6 +83,8 @@ BASELINE = {
     "FDG": {"CN": (1.30, 0.11), "MCI": (1.23, 0.13), "AD": (1.08, 0.13)},
     "TAU": {"CN": (230, 80), "MCI": (270, 100), "AD": (330, 120)},
 }
+# Fractions of ICV that the T1 renderer draws as the unchanged MNI152 template (ratio 1): the CN means at 75.
+T1_REFERENCE: dict[str, float] = {name: BASELINE[name]["CN"][0] / BASELINE_ICV_MM3 for name in T1_VOLUMES}
 ADAS13_EXTRA = {
     "CN": 3.3,
     "MCI": 7.0,
@@ -212,7 +218,7 @@ def _baseline(rng: np.random.Generator, n: int) -> pd.DataFrame:
     df["ICV"] = np.where(male, 1.60e6, 1.44e6) + 1.2e5 * rng.standard_normal(n)
     for var in AGE_SLOPE:
         raw = draw(var) + AGE_SLOPE[var] * (df["AGE"] - 75.0)
-        df[var] = np.maximum(raw, 0.2 * BASELINE[var]["CN"][0]) * df["ICV"] / 1.5e6
+        df[var] = np.maximum(raw, 0.2 * BASELINE[var]["CN"][0]) * df["ICV"] / BASELINE_ICV_MM3
     df["FDG"] = draw("FDG")
     df["AV45"] = np.where(df["amyloid"], rng.normal(1.38, 0.17, n), rng.normal(1.02, 0.06, n))
     df["ABETA"] = np.where(
@@ -363,18 +369,16 @@ def generate_cohort(
 def _render_t1(table: pd.DataFrame, folder: Path, size: int, seed: int) -> list[str]:
     """Render and save the T1 volume of every baseline row with an MRI; the ``T1_PATH`` cells ("" elsewhere).
 
-    Each volume follows its row's FreeSurfer volumes divided by ICV; noise is seeded by (seed, RID)."""
-    from mckd_lab.data.phantoms import check_size
-    from mckd_lab.data.t1_phantoms import T1_VOLUMES, render_t1, save_t1
-
+    Each volume follows its row's FreeSurfer volumes divided by ICV, relative to ``T1_REFERENCE``; noise is
+    seeded by (seed, RID)."""
     check_size(size)
     cells = []
     for row in table.itertuples(index=False):
         if row.VISCODE != "bl" or pd.isna(row.ICV):
             cells.append("")
             continue
-        fractions = {v: float(getattr(row, v)) / float(row.ICV) for v in T1_VOLUMES}
-        volume = render_t1(fractions, size, np.random.default_rng([seed, int(row.RID)]))
+        ratios = {v: float(getattr(row, v)) / float(row.ICV) / T1_REFERENCE[v] for v in T1_VOLUMES}
+        volume = render_t1(ratios, size, np.random.default_rng([seed, int(row.RID)]))
         name = f"T1/{row.PTID}_bl.nii.gz"
         save_t1(volume, folder / name)
         cells.append(name)

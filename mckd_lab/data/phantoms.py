@@ -1,10 +1,10 @@
 """Synthetic BraTS-like phantoms: MNI152 anatomy, a random glioma, FLAIR/T1/T1ce/T2 (card ``brats_phantoms``).
 
 Conventions
-- A phantom is a cube of side ``size`` voxels (32..128), indexed (x, y, z) in RAS order as nibabel returns it.
-  The cube spans the card's ``fov_mm`` (192 mm) of MNI152 space around ``centre_mm``, so the spacing is
-  fov_mm / size mm and ``phantom_affine(size)`` maps voxel indices to MNI152 millimetres. (The BraTS loader
-  reads the written files as (D, H, W) = (z, x, y): ``mckd_lab.data.brats.AXES``.)
+- A phantom is a cube of side ``size`` voxels (32..128) on the grid of :mod:`mckd_lab.data.anatomy`: indexed
+  (x, y, z) in RAS order as nibabel returns it, spanning the card's ``fov_mm`` (192 mm) of MNI152 space around
+  ``centre_mm``; ``phantom_affine(size)`` maps voxel indices to MNI152 millimetres. (The BraTS loader reads
+  the written files as (D, H, W) = (z, x, y): ``mckd_lab.data.brats.AXES``.)
 - ``image``: float32 (M, S, S, S), modalities in card order (flair, t1, t1ce, t2), in units of each sequence's
   normal white matter (before bias and noise), exactly 0 outside the brain.
 - ``label``: uint8 (S, S, S) in the card convention: 0 background, 1 necrosis / non-enhancing core, 2 oedema,
@@ -27,13 +27,22 @@ import numpy as np
 from scipy import ndimage as ndi
 from scipy.spatial.transform import Rotation
 
+from mckd_lab.data.anatomy import (
+    BIAS_TERMS,
+    CARD,  # the phantoms' card also defines their grid
+    bias_field,
+    bias_terms,
+    check_size,
+    mni152_1mm,
+    mni_anatomy,
+    save_nifti,
+)
+from mckd_lab.data.anatomy import (
+    phantom_affine as phantom_affine,  # re-exported: imported from here elsewhere
+)
 from mckd_lab.data.cards import load_card
 
-CARD = "brats_phantoms"
 TISSUES = ("csf", "gm", "wm", "oedema", "necrosis", "enhancing", "non_enhancing")
-_NIFTI_MNI = 4  # sform/qform code: MNI152 space
-# Terms x^i y^j z^k of the log bias field (degrees 1 and 2; no constant: the field is near 1 at the centre).
-_BIAS_TERMS = tuple((i, j, k) for i in range(3) for j in range(3) for k in range(3) if 0 < i + j + k <= 2)
 # Random texture of the tumour (boundaries, signal): a 13^3 grid of normal values 12 mm apart, cubic spline.
 _GRID_STEP_MM, _GRID_POINTS = 12.0, 13
 _HETEROGENEITY = 0.08  # log-amplitude of the smooth signal variation inside the tumour
@@ -47,7 +56,7 @@ class PhantomParams:
     rotated by the Euler angles ``angles`` (radians, "xyz"). The core is where the union of lobes, roughened
     by ``irregularity``, has field < 1; necrosis where it is < ``necrosis`` (cases with enhancement only);
     oedema reaches ``oedema`` times as far. ``contrast`` (M, 7) multiplies the card's table (tissue order
-    ``TISSUES``); ``bias`` (M, 9): log bias field coefficients of ``_BIAS_TERMS``; ``noise``: the Rician
+    ``TISSUES``); ``bias`` (M, 9): log bias field coefficients of ``anatomy.BIAS_TERMS``; ``noise``: the Rician
     sigma relative to white matter. ``shape_seed`` and ``noise_seed`` seed the tumour texture and the noise.
     """
 
@@ -90,36 +99,6 @@ class Phantom:
     params: PhantomParams
 
 
-@dataclass(frozen=True)
-class Anatomy:
-    """MNI152 anatomy on the phantom grid: ``tissue`` float32 (3, S, S, S) CSF, GM, WM fractions (their sum is
-    the brain fraction), ``brain`` bool (S, S, S) where that sum is >= 0.5, ``affine`` (4, 4)."""
-
-    tissue: np.ndarray
-    brain: np.ndarray
-    affine: np.ndarray
-
-
-def check_size(size) -> int:
-    """``size`` as an int; raises unless it is a whole number of voxels in the card's range (32..128)."""
-    low, high = load_card(CARD).header["sizes"]
-    if isinstance(size, bool) or not isinstance(size, int | np.integer) or not low <= size <= high:
-        raise ValueError(
-            f"phantom size must be a whole number of voxels from {low} to {high} (the side of the cube); "
-            f"got {size!r}. Use e.g. 64 for quick runs, 128 for the finest phantoms."
-        )
-    return int(size)
-
-
-def phantom_affine(size: int) -> np.ndarray:
-    """(4, 4) voxel -> MNI152 mm: isotropic spacing fov_mm / size, centred on the card's ``centre_mm``."""
-    header = load_card(CARD).header
-    spacing = header["fov_mm"] / check_size(size)
-    affine = np.diag([spacing, spacing, spacing, 1.0])
-    affine[:3, 3] = np.asarray(header["centre_mm"], float) - header["fov_mm"] / 2 + spacing / 2
-    return affine
-
-
 @functools.lru_cache(maxsize=1)
 def contrast_table() -> np.ndarray:
     """The card's contrast table as float64 (M, 7): modalities in card order, tissues in ``TISSUES`` order."""
@@ -133,48 +112,9 @@ def contrast_table() -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=1)
-def _mni_1mm() -> tuple[np.ndarray, np.ndarray]:
-    """The MNI152 maps bundled inside nilearn at 1 mm (no download): float32 (4, X, Y, Z) = CSF, GM, WM and
-    brain fractions, and their (4, 4) affine. CSF is brain minus GM minus WM: ventricles and sulci."""
-    from nilearn.datasets import load_mni152_gm_template, load_mni152_template, load_mni152_wm_template
-
-    template = load_mni152_template()
-    brain = ndi.binary_fill_holes(template.get_fdata(dtype=np.float32) > 0).astype(np.float32)
-    gm = load_mni152_gm_template().get_fdata(dtype=np.float32) * brain
-    wm = load_mni152_wm_template().get_fdata(dtype=np.float32) * brain
-    csf = np.clip(brain - gm - wm, 0.0, 1.0)
-    return np.stack([csf, gm, wm, brain]), template.affine
-
-
-@functools.lru_cache(maxsize=4)
-def mni_anatomy(size: int) -> Anatomy:
-    """The MNI152 anatomy resampled to the phantom grid of ``size`` (cached; about 1-2 s the first time)."""
-    affine = phantom_affine(size)
-    maps, affine_1mm = _mni_1mm()
-    to_1mm = np.linalg.inv(affine_1mm) @ affine
-    sigma = 0.4 * affine[0, 0] / abs(affine_1mm[0, 0])  # anti-aliasing before sampling every spacing-th voxel
-    tissue = np.stack(
-        [
-            ndi.affine_transform(
-                ndi.gaussian_filter(m, sigma),
-                to_1mm[:3, :3],
-                to_1mm[:3, 3],
-                output_shape=(size,) * 3,
-                order=1,
-            )
-            for m in maps[:3]
-        ]
-    ).clip(0.0, 1.0)
-    anatomy = Anatomy(tissue=tissue, brain=tissue.sum(0) >= 0.5, affine=affine)
-    for array in (anatomy.tissue, anatomy.brain, anatomy.affine):
-        array.setflags(write=False)  # shared by every phantom of this size (cached)
-    return anatomy
-
-
-@functools.lru_cache(maxsize=1)
 def _centre_candidates() -> np.ndarray:
     """(N, 3) MNI mm points where a tumour centre may be drawn: deep supratentorial white matter."""
-    maps, affine_1mm = _mni_1mm()
+    maps, affine_1mm = mni152_1mm()
     step = 4
     wm, brain = maps[2, ::step, ::step, ::step], maps[3, ::step, ::step, ::step] > 0.5
     depth = ndi.distance_transform_edt(brain, sampling=step)
@@ -205,7 +145,7 @@ def sample_phantom_params(rng=None, enhancing: bool | None = None) -> PhantomPar
         oedema=float(rng.uniform(1.5, 2.3)),
         mass_effect_mm=float(rng.uniform(0.0, 6.0)) if rng.random() < 0.7 else 0.0,
         contrast=_plain(np.exp(rng.normal(0.0, 0.03, (modalities, len(TISSUES))))),
-        bias=_plain(rng.uniform(-0.15, 0.15, (modalities, len(_BIAS_TERMS)))),
+        bias=_plain(rng.uniform(-0.15, 0.15, (modalities, len(BIAS_TERMS)))),
         noise=float(rng.uniform(0.02, 0.05)),
         shape_seed=int(rng.integers(2**63)),
         noise_seed=int(rng.integers(2**63)),
@@ -243,7 +183,8 @@ def render_phantom(params: PhantomParams, size: int = 64) -> Phantom:
     image[(slice(None), *box)] *= np.where(label[box] > 0, texture, 1.0)  # real tumours are not uniform
 
     inside = np.nonzero(brain)
-    signal = image[(slice(None), *inside)] * _bias_field(params, inside, size)
+    bias = bias_field(np.asarray(params.bias, np.float32), bias_terms(inside, size))  # float32 (M, N)
+    signal = image[(slice(None), *inside)] * bias
     noise = params.noise * np.random.default_rng(params.noise_seed).standard_normal(
         (2, *signal.shape), np.float32
     )
@@ -328,14 +269,6 @@ def _contrast(params: PhantomParams, tissue: np.ndarray, label: np.ndarray) -> n
     return image
 
 
-def _bias_field(params: PhantomParams, voxels: tuple[np.ndarray, ...], size: int) -> np.ndarray:
-    """float32 (M, N) multiplicative bias at N voxels (index arrays x, y, z): exp of a quadratic polynomial of
-    the coordinates, scaled to [-1, 1] over the cube."""
-    x, y, z = ((2 * v.astype(np.float32) + 1) / size - 1 for v in voxels)
-    terms = np.stack([x**i * y**j * z**k for i, j, k in _BIAS_TERMS])
-    return np.exp(np.asarray(params.bias, np.float32) @ terms)
-
-
 def make_phantom(size: int = 64, rng=None, enhancing: bool | None = None) -> Phantom:
     """One random phantom: parameters drawn with ``rng`` (Generator, seed or None), rendered at ``size``."""
     return render_phantom(sample_phantom_params(rng, enhancing=enhancing), size)
@@ -405,23 +338,15 @@ def generate_phantoms(out_dir, cases: int = 10, size: int = 64, seed: int = 0) -
         case_dir.mkdir(parents=True)
         scaled = np.rint(phantom.image * card.header["write_scale"]).clip(0, np.iinfo(np.int16).max)
         for m, name in enumerate(card.modality_names):
-            _save_nifti(
+            save_nifti(
                 scaled[m].astype(np.int16),
                 phantom.affine,
                 case_dir / f"{layout['files'][name].format(case=case)}.nii.gz",
             )
-        _save_nifti(
+        save_nifti(
             phantom.label, phantom.affine, case_dir / f"{layout['files']['seg'].format(case=case)}.nii.gz"
         )
         records[case] = dataclasses.asdict(phantom.params)
     manifest = {"generator": __name__, "card": CARD, "seed": int(seed), "size": size, "cases": records}
     (out / "phantoms.json").write_text(json.dumps(manifest, indent=1), encoding="utf-8")
     return out
-
-
-def _save_nifti(array: np.ndarray, affine: np.ndarray, path: Path) -> None:
-    image = nib.Nifti1Image(array, affine)
-    image.set_sform(affine, code=_NIFTI_MNI)
-    image.set_qform(affine, code=_NIFTI_MNI)
-    image.header.set_xyzt_units("mm")
-    nib.save(image, path)

@@ -1,12 +1,13 @@
 """Synthetic T1-weighted brain MRI for the synthetic ADNI cohort: the anatomy carries the subject's atrophy.
 
-A volume is the MNI152 anatomy of :func:`mckd_lab.data.phantoms.mni_anatomy` (CSF, GM, WM fractions) on the
+A volume is the MNI152 anatomy of :func:`mckd_lab.data.anatomy.mni_anatomy` (CSF, GM, WM fractions) on the
 phantom grid ``phantom_affine(size)`` (RAS, MNI152 millimetres, as if affinely registered and skull-stripped),
-changed by three FreeSurfer-like volumes given as fractions of the intracranial volume (volume / ICV, as in
-``ADNIMERGE``: ``{k: row[k] / row["ICV"]}``), each compared with ``REFERENCE``, the cohort's CN means at 75
-(``mckd_lab.data.cohort.BASELINE`` over ICV 1.5e6 mm^3):
+changed by three FreeSurfer-like volumes (``T1_VOLUMES``), each given as a ratio r to the volume the template
+stands for (r = 1 draws the template unchanged). The renderer knows no cohort: the synthetic ADNI cohort
+(:mod:`mckd_lab.data.cohort`) computes r from a row's fractions of the intracranial volume (volume / ICV, as in
+``ADNIMERGE``) over its reference fractions ``cohort.T1_REFERENCE`` (its CN means at 75 over ICV 1.5e6 mm^3):
 
-1. Ventricles, r_v = Ventricles / REFERENCE clipped to [0.4, 4]: the tissue maps are sampled (linear
+1. Ventricles, r_v clipped to [0.4, 4]: the tissue maps are sampled (linear
    interpolation, ``ndi.map_coordinates(order=1)``) at the warped points q = c + (p - c)(1 - k G(p)),
    G = exp(-|p - c|^2 / 2 sigma^2), centred on the lateral ventricles c = (0, -15, 15) mm (the centroid of the
    largest deep CSF component of the template: x +-35, y -58..30, z -4..28 mm), sigma = 27 mm. Near c this is
@@ -17,10 +18,10 @@ changed by three FreeSurfer-like volumes given as fractions of the intracranial 
    sampled from the 1 mm template smoothed as ``mni_anatomy`` smooths it, not from the coarse grid, so r_v = 1
    gives exactly ``mni_anatomy(size).tissue`` and a warp adds no interpolation blur (at 6 mm voxels, blur
    alone would brighten thin CSF more than the warp darkens it).
-2. Global cortical atrophy, r_w = WholeBrain / REFERENCE: GM is multiplied by g = clip(1 - 4 (1 - r_w), 0.6,
+2. Global cortical atrophy, r_w (WholeBrain): GM is multiplied by g = clip(1 - 4 (1 - r_w), 0.6,
    1.1) everywhere, the lost GM becoming CSF (class differences in whole-brain volume are ~5%, so they are
    amplified four times; a gain is taken from CSF only).
-3. Hippocampal atrophy, r_h = Hippocampus / REFERENCE: inside two ellipsoids centred
+3. Hippocampal atrophy, r_h (Hippocampus): inside two ellipsoids centred
    on (+-26, -22, -14) mm with semi-axes (7, 18, 7) mm (x, y, z; soft edge: a smoothstep in the normalised
    radius d, weight 1 for d <= 0.75 falling to 0 at d >= 1.25, nothing changes beyond), GM is multiplied by
    h = clip(1 - 2.5 (1 - r_h), 0.1, 1.3) (weight 1) towards 1 (weight 0), the lost GM becoming CSF. The
@@ -28,7 +29,7 @@ changed by three FreeSurfer-like volumes given as fractions of the intracranial 
 
 Steps 2-3 act on the warped maps, so the hippocampi stay at their MNI coordinates. T1 contrast (MPRAGE:
 white matter brightest): 0.25 CSF + 0.62 GM + 1.0 WM, times a multiplicative bias field exp(sum c_t x^i y^j
-z^k) over the degree 1-2 terms of ``phantoms._BIAS_TERMS`` (coordinates scaled to [-1, 1] over the cube, c_t
+z^k) over the degree 1-2 terms of ``anatomy.BIAS_TERMS`` (coordinates scaled to [-1, 1] over the cube, c_t
 uniform in +-0.02: a few percent over the brain), plus Rician noise of sigma 0.03 (WM = 1), exactly 0
 outside ``mni_anatomy(size).brain``. Everything that does not depend on the subject (brain voxels, their
 offsets from the centres, the Gaussian, the ellipsoid weights, the bias terms, the smoothed 1 mm maps: about
@@ -44,12 +45,20 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage as ndi
 
-from mckd_lab.data.cohort import BASELINE
-from mckd_lab.data.phantoms import _BIAS_TERMS, _mni_1mm, _save_nifti, check_size, mni_anatomy, phantom_affine
+from mckd_lab.data.anatomy import (
+    BIAS_TERMS,
+    anti_alias_sigma,
+    bias_field,
+    bias_terms,
+    check_size,
+    mni152_1mm,
+    mni_anatomy,
+    phantom_affine,
+    save_nifti,
+)
 
-_ICV_MM3 = 1.5e6  # the ICV at which BASELINE volumes are given
+# The FreeSurfer volumes (ADNIMERGE columns) that a T1 volume follows: the one list of them.
 T1_VOLUMES = ("Hippocampus", "Ventricles", "WholeBrain")
-REFERENCE: dict[str, float] = {name: BASELINE[name]["CN"][0] / _ICV_MM3 for name in T1_VOLUMES}
 
 VENTRICLE_CENTRE_MM = (0.0, -15.0, 15.0)
 VENTRICLE_SIGMA_MM = 27.0
@@ -61,7 +70,7 @@ HIPPOCAMPUS_SEMI_AXES_MM = (7.0, 18.0, 7.0)
 HIPPOCAMPUS_EDGE = 0.25  # half-width of the smoothstep edge, in units of the normalised ellipsoid radius
 HIPPOCAMPUS_GAIN, HIPPOCAMPUS_RANGE = 2.5, (0.1, 1.3)
 CONTRAST = (0.25, 0.62, 1.0)  # CSF, GM, WM; WM = 1
-BIAS_COEFFICIENT = 0.02  # uniform +- per term of _BIAS_TERMS
+BIAS_COEFFICIENT = 0.02  # uniform +- per term of BIAS_TERMS
 NOISE_SIGMA = 0.03  # Rician, relative to WM
 
 
@@ -70,8 +79,8 @@ def _source(size: int) -> tuple[np.ndarray, np.ndarray]:
     """The maps the warp samples: float32 (3, X, Y, Z) CSF, GM, WM of the 1 mm template smoothed exactly as
     ``mni_anatomy(size)`` smooths them (so the unwarped volume is that anatomy, and sampling at warped points
     adds no blur of its own), cropped to the brain; and the (4, 4) affine of the crop (voxel -> MNI mm)."""
-    maps, affine_1mm = _mni_1mm()
-    sigma = 0.4 * phantom_affine(size)[0, 0] / abs(affine_1mm[0, 0])  # as in mni_anatomy
+    maps, affine_1mm = mni152_1mm()
+    sigma = anti_alias_sigma(size)
     margin = int(np.ceil(4 * sigma)) + 1
     used = np.argwhere(maps[3] > 0)
     low, high = (used.min(0) - margin).clip(0), used.max(0) + margin + 1
@@ -105,30 +114,30 @@ def _grid(size: int) -> dict[str, np.ndarray]:
     )
     t = ((1.0 + HIPPOCAMPUS_EDGE - radius) / (2 * HIPPOCAMPUS_EDGE)).clip(0.0, 1.0)
     hippocampus = t * t * (3 - 2 * t)  # smoothstep: 0 beyond 1 + edge, 1 inside 1 - edge
-    x, y, z = (2 * index + 1) / size - 1
-    bias_terms = np.stack([x**i * y**j * z**k for i, j, k in _BIAS_TERMS]).astype(np.float32)
     arrays = {
         "centre": centre,
         "rel": rel,
         "gauss": gauss,
         "hippocampus": hippocampus.astype(np.float32),
-        "bias_terms": bias_terms,
+        "bias_terms": bias_terms(inside, size, np.float64).astype(np.float32),
     }
     for array in arrays.values():
         array.setflags(write=False)
     return {"inside": inside, **arrays}
 
 
-def _ratio(fractions: Mapping[str, float], name: str) -> float:
+def _ratio(ratios: Mapping[str, float], name: str) -> float:
     try:
-        value = float(fractions[name])
+        value = float(ratios[name])
     except KeyError:
         raise KeyError(
-            f"fractions lacks {name!r}: give {', '.join(T1_VOLUMES)} as fractions of ICV (volume / ICV)"
+            f"ratios lacks {name!r}: give {', '.join(T1_VOLUMES)}, each relative to the template's (1: unchanged)"
         ) from None
     if not np.isfinite(value) or value <= 0:
-        raise ValueError(f"fractions[{name!r}] must be a finite fraction of ICV > 0; got {value!r}")
-    return value / REFERENCE[name]
+        raise ValueError(
+            f"ratios[{name!r}] must be a finite ratio > 0 (1: the template's volume); got {value!r}"
+        )
+    return value
 
 
 def _exchange(gm: np.ndarray, csf: np.ndarray, factor) -> tuple[np.ndarray, np.ndarray]:
@@ -137,14 +146,15 @@ def _exchange(gm: np.ndarray, csf: np.ndarray, factor) -> tuple[np.ndarray, np.n
     return gm + change, csf - change
 
 
-def render_t1(fractions: Mapping[str, float], size: int = 32, rng=None) -> np.ndarray:
+def render_t1(ratios: Mapping[str, float], size: int = 32, rng=None) -> np.ndarray:
     """float32 (S, S, S) T1-weighted volume on the phantom grid phantom_affine(size) (MNI152 space, RAS, as if
-    affinely registered and skull-stripped), exactly 0 outside the brain. fractions: Hippocampus, Ventricles,
-    WholeBrain as fractions of ICV (volume / ICV). rng: Generator/seed/None for noise and bias."""
+    affinely registered and skull-stripped), exactly 0 outside the brain. ratios: Hippocampus, Ventricles,
+    WholeBrain, each relative to the volume the template stands for (1: unchanged; e.g. a row's volume / ICV
+    over ``cohort.T1_REFERENCE``). rng: Generator/seed/None for noise and bias."""
     size = check_size(size)
-    r_v = float(np.clip(_ratio(fractions, "Ventricles"), *VENTRICLE_RATIO))
-    r_w = _ratio(fractions, "WholeBrain")
-    h = float(np.clip(1.0 - HIPPOCAMPUS_GAIN * (1.0 - _ratio(fractions, "Hippocampus")), *HIPPOCAMPUS_RANGE))
+    r_v = float(np.clip(_ratio(ratios, "Ventricles"), *VENTRICLE_RATIO))
+    r_w = _ratio(ratios, "WholeBrain")
+    h = float(np.clip(1.0 - HIPPOCAMPUS_GAIN * (1.0 - _ratio(ratios, "Hippocampus")), *HIPPOCAMPUS_RANGE))
     rng = np.random.default_rng(rng)
     grid = _grid(size)
 
@@ -157,8 +167,8 @@ def render_t1(fractions: Mapping[str, float], size: int = 32, rng=None) -> np.nd
     gm, csf = _exchange(gm, csf, 1.0 + grid["hippocampus"] * np.float32(h - 1.0))
 
     signal = CONTRAST[0] * csf + CONTRAST[1] * gm + CONTRAST[2] * wm
-    coefficients = rng.uniform(-BIAS_COEFFICIENT, BIAS_COEFFICIENT, len(_BIAS_TERMS)).astype(np.float32)
-    signal *= np.exp(coefficients @ grid["bias_terms"])
+    coefficients = rng.uniform(-BIAS_COEFFICIENT, BIAS_COEFFICIENT, len(BIAS_TERMS)).astype(np.float32)
+    signal *= bias_field(coefficients, grid["bias_terms"])
     noise = NOISE_SIGMA * rng.standard_normal((2, signal.size), np.float32)
     volume = np.zeros((size,) * 3, np.float32)
     volume[grid["inside"]] = np.hypot(signal + noise[0], noise[1])  # Rician
@@ -173,5 +183,5 @@ def save_t1(volume: np.ndarray, path) -> Path:
         raise ValueError(f"volume must be a cube (S, S, S); got shape {volume.shape}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _save_nifti(volume, phantom_affine(volume.shape[0]), path)
+    save_nifti(volume, phantom_affine(volume.shape[0]), path)
     return path
