@@ -3,10 +3,11 @@
 Timings (compact backbone, default widths; random weights unless ``--run`` gives a trained run):
 - ``evaluation``: one all-subsets evaluation of the case (15 subset predictions from one encode-once pass,
   then the Dice of each);
-- ``shapley_exact``: ``modality_shapley`` (value = region Dice): the same pass plus the empty set, then the
-  Shapley sums (goal, issue 7: <= 2x the evaluation);
-- ``shapley_captum_sampling``: Captum ``ShapleyValueSampling`` with ``--captum-samples`` permutations per
-  region (no reuse of encodings: one subset prediction per evaluation), for scale;
+- ``shapley_exact``: ``ExactModalityShapley`` (value = region Dice): the same pass plus the empty set, then
+  the Shapley sums (goal, issue 7: <= 2x the evaluation);
+- ``shapley_captum_sampling``: ``CaptumModalityShapley`` with Captum's ``ShapleyValueSampling``,
+  ``--captum-samples`` permutations per region (no reuse of encodings: one subset prediction per
+  evaluation), for scale;
 - ``integrated_gradients``: one region, ``--steps`` steps, with the package's path sampling (``path_power``
   10) and with plain Captum steps (``path_power`` 1); the convergence delta of each, relative to f(x) - f(0).
 Ranking sanity (``--run RUN``, a trained BraTS run on phantoms): for every case of its phantoms, the
@@ -27,13 +28,19 @@ from pathlib import Path
 import numpy as np
 import torch
 from bench_evaluate import best_seconds
+from captum.attr import ShapleyValueSampling
 from machine import machine
 
 from mckd_lab.data.brats import load_case, scan_folder
 from mckd_lab.data.cards import load_card
 from mckd_lab.data.missing import all_subsets
 from mckd_lab.evaluate import dice
-from mckd_lab.explain import RegionLogit, captum_modality_attribution, modality_shapley, voxel_attribution
+from mckd_lab.explain import (
+    CaptumModalityShapley,
+    ExactModalityShapley,
+    RegionLogit,
+    VoxelIntegratedGradients,
+)
 from mckd_lab.infer import predict_subsets
 from mckd_lab.models import build_segmentation_network
 from mckd_lab.tasks import phantoms_folder
@@ -55,7 +62,9 @@ def timings(model, size: int, steps: int, repeats: int, captum_samples: int) -> 
         return [dice(p > 0.5, target) for p in probs]
 
     def exact():
-        return modality_shapley(model, image, present, regions, target, "dice", roi)
+        return ExactModalityShapley(model, outputs=regions, value="dice").attribute(
+            image, present, target, roi
+        )
 
     evaluation()  # warm-up
     out = {
@@ -65,7 +74,9 @@ def timings(model, size: int, steps: int, repeats: int, captum_samples: int) -> 
     }
     out["shapley_over_evaluation"] = out["shapley_exact_s"] / out["evaluation_s"]
     start = time.perf_counter()
-    captum_modality_attribution(model, image, regions, target, "dice", roi, "sampling", captum_samples)
+    CaptumModalityShapley(
+        model, outputs=regions, value="dice", algorithm=ShapleyValueSampling, n_samples=captum_samples
+    ).attribute(image, target=target, roi=roi)
     out["shapley_captum_sampling_s"] = time.perf_counter() - start
     out["captum_samples"] = captum_samples
     forward = RegionLogit(model, present, regions.index("WT"), roi)
@@ -73,7 +84,9 @@ def timings(model, size: int, steps: int, repeats: int, captum_samples: int) -> 
         gain = float(forward(image[None]) - forward(torch.zeros_like(image)[None]))
     for power in (10.0, 1.0):
         start = time.perf_counter()
-        ig = voxel_attribution(model, image, present, "WT", regions, roi, n_steps=steps, path_power=power)
+        ig = VoxelIntegratedGradients(model, outputs=regions, n_steps=steps, path_power=power).attribute(
+            image, present, "WT", roi
+        )
         out[f"integrated_gradients_p{power:g}_s"] = time.perf_counter() - start
         out[f"integrated_gradients_p{power:g}_relative_delta"] = ig.delta / gain
     out["integrated_gradients_steps"] = steps
@@ -86,11 +99,11 @@ def ranking(run_dir: Path) -> dict:
     root = Path(run.config.data.root) if run.config.data.root else phantoms_folder(run.config.data, run_dir)
     splits = json.loads((run_dir / "splits.json").read_text())
     tops = {r: Counter() for r in CARD.region_names}
+    shapley = ExactModalityShapley(run.model, outputs=CARD.region_names, value="dice")
     per_case, test_t1ce = [], []
     for case_dir in scan_folder(root, CARD)[1]:
         case = load_case(case_dir, card=CARD)
-        result = modality_shapley(run.model, case.image, case.present, CARD.region_names, case.target, "dice",
-                                  run.config.data.crop)  # fmt: skip
+        result = shapley.attribute(case.image, case.present, case.target, run.config.data.crop)
         first = {r: result.ranking(r)[0] for r in CARD.region_names}
         for r, m in first.items():
             tops[r][m] += 1

@@ -1,18 +1,31 @@
 """Why did the network predict this? Attributions per modality, per voxel and per tabular feature (Captum).
 
-- Modality level: exact Shapley values over the subsets of the case's present modalities. The 2^p - 1 subset
-  predictions come from one encode-once pass (``infer.predict_subsets``): every modality is encoded once per
-  window, the decoder runs once per subset. The empty set is the zero input (the package's meaning of
-  "missing"): every slot holds the encoder's zero response. Captum's ``FeatureAblation``,
-  ``ShapleyValueSampling`` and ``ShapleyValues`` over a feature mask grouping each modality's voxels give the
-  same game through Captum, to cross-check.
-- Voxel level: Integrated Gradients and Occlusion of a region's summed logit, zero input as baseline.
-- Feature level (tabular, ADNI): Integrated Gradients per feature, summed per modality.
+One class per method, as in Captum: built with the model and the method's fixed settings (keywords, checked
+at construction), then one verb, ``attribute``, per case, with one vocabulary: ``image`` (the case),
+``present`` (its modality mask), ``target`` (region labels, or the class) or ``region``, ``roi`` (the
+sliding-window size of volumes). Each returns a result dataclass: ``ModalityShapley``, ``VoxelAttribution``,
+``TabularAttribution``.
+
+- Modality level (``ExactModalityShapley``): exact Shapley values over the subsets of the case's present
+  modalities. The 2^p - 1 subset predictions come from one encode-once pass (``infer.predict_subsets``): every
+  modality is encoded once per window, the decoder runs once per subset. The empty set is the zero input (the
+  package's meaning of "missing"): every slot holds the encoder's zero response. ``CaptumModalityShapley``
+  plays the same game through Captum's ``FeatureAblation``, ``ShapleyValueSampling`` or ``ShapleyValues``
+  over a feature mask grouping each modality's voxels, to cross-check.
+- Voxel level (``VoxelIntegratedGradients``, ``VoxelOcclusion``): a region's summed logit, zero input as
+  baseline.
+- Feature level (tabular, ADNI; ``TabularIntegratedGradients``): Integrated Gradients per feature, summed per
+  modality.
+
+The functions ``modality_shapley``, ``captum_modality_attribution``, ``voxel_attribution`` and
+``tabular_integrated_gradients`` are the same computations in function form (one call per case), kept for
+notebooks and scripts written against them.
 """
 
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from itertools import combinations
@@ -150,49 +163,88 @@ def _subset_probabilities(model: nn.Module, image: Image, subsets, roi: Sequence
     return predict_subsets(model, image, subsets, roi)
 
 
+def _check_value(value: str) -> None:
+    if value not in ("dice", "probability"):
+        raise ValueError(f"unknown value {value!r}; choose 'dice' or 'probability'")
+
+
+def _check_positive(**settings: float) -> None:
+    for name, x in settings.items():
+        if not x > 0:
+            raise ValueError(f"{name} must be positive, got {x!r}")
+
+
 def _values(probs: torch.Tensor, value: str, target: np.ndarray | None) -> np.ndarray:
     """Game values from (S, C, ...) probabilities: (S, C) per region/class."""
+    _check_value(value)
     if value == "probability":
         return probs.flatten(2).mean(2).double().numpy() if probs.ndim > 2 else probs.double().numpy()
-    if value == "dice":
-        if target is None or probs.ndim <= 2:
-            raise ValueError("value='dice' needs a segmentation case with labels; use value='probability'")
-        return np.stack([dice(p > THRESHOLD, target) for p in probs.numpy()])
-    raise ValueError(f"unknown value {value!r}; choose 'dice' or 'probability'")
+    if target is None or probs.ndim <= 2:
+        raise ValueError("value='dice' needs a segmentation case with labels; use value='probability'")
+    return np.stack([dice(p > THRESHOLD, target) for p in probs.numpy()])
 
 
-def modality_shapley(
-    model: nn.Module,
-    image: Image,
-    present: Sequence[bool],
-    outputs: Sequence[str],
-    target: np.ndarray | None = None,
-    value: str = "dice",
-    roi: Sequence[int] | None = None,
-) -> ModalityShapley:
+def _as_volume(image: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """A numpy or torch (M, D, H, W) volume as a float32 tensor (a tensor keeps its device)."""
+    return torch.as_tensor(np.asarray(image) if not torch.is_tensor(image) else image, dtype=torch.float32)
+
+
+class ExactModalityShapley:
     """Exact Shapley values of the present modalities, from one encode-once pass over all their subsets.
+
+    The game: v(S) is the network's output with only the modalities of S given, measured by ``value``;
+    v(empty) is the zero input (every slot holds the encoder's zero response). ``exact_shapley`` then sums
+    over the 2^p subsets of the p present modalities.
 
     Args:
         model: a network following the model contract; ``model.modalities`` names the M modalities.
-        image: (M, D, H, W) normalised volume (``Case.image``) or a dict {modality: (F_m,)} of tabular inputs.
-        present: (M,) the players; absent modalities get exactly 0.
-        outputs: names of the output channels: regions in network order (ET, WT, TC) or class names.
-        target: (3, D, H, W) region masks for ``value="dice"``.
+        outputs: names of the K output channels: regions in network order (ET, WT, TC) or class names.
         value: ``dice`` or ``probability`` (see ``ModalityShapley``).
-        roi: sliding-window size for volumes (the training crop).
+
+    Example::
+
+        shapley = ExactModalityShapley(net, outputs=card.region_names, value="dice")
+        result = shapley.attribute(case.image, case.present, case.target, roi=(48, 48, 48))
     """
-    present = tuple(bool(p) for p in present)
-    subsets = subsets_of(present)
-    v = _values(_subset_probabilities(model, image, subsets, roi), value, target)
-    phi = exact_shapley(dict(zip(subsets, v, strict=True)), present)
-    return ModalityShapley(tuple(model.modalities), tuple(outputs), phi.T, v[0], v[-1], present, value)
+
+    def __init__(self, model: nn.Module, *, outputs: Sequence[str], value: str = "dice"):
+        _check_value(value)
+        self.model, self.outputs, self.value = model, outputs, value
+
+    def attribute(
+        self,
+        image: Image,
+        present: Sequence[bool],
+        target: np.ndarray | None = None,
+        roi: Sequence[int] | None = None,
+    ) -> ModalityShapley:
+        """Shapley values of one case's modalities for every output.
+
+        Args:
+            image: (M, D, H, W) normalised volume (``Case.image``) or a dict {modality: (F_m,)} of tabular
+                inputs.
+            present: (M,) the players; absent modalities get exactly 0.
+            target: (3, D, H, W) region masks, needed for ``value="dice"``.
+            roi: sliding-window size for volumes (the training crop); not used for tabular inputs.
+
+        Returns:
+            ``ModalityShapley`` with ``values`` (K, M) and ``method="exact"``.
+        """
+        present = tuple(bool(p) for p in present)
+        subsets = subsets_of(present)
+        v = _values(_subset_probabilities(self.model, image, subsets, roi), self.value, target)
+        phi = exact_shapley(dict(zip(subsets, v, strict=True)), present)
+        return ModalityShapley(
+            tuple(self.model.modalities), tuple(self.outputs), phi.T, v[0], v[-1], present, self.value
+        )
 
 
 class ModalityGame(nn.Module):
     """The modality game as a Captum forward function: inputs with some modalities zeroed -> (B, K) values.
 
     A modality whose input is all zeros counts as missing (the package's meaning), so Captum's ablations over
-    a feature mask grouping each modality's voxels (or features) play the same game as ``modality_shapley``.
+    a feature mask grouping each modality's voxels (or features) play the same game as
+    ``ExactModalityShapley``.
 
     Forward: volumes (B, M, D, H, W), or M tabular tensors (B, F_m) in card order -> float64 (B, K).
     """
@@ -216,60 +268,96 @@ class ModalityGame(nn.Module):
         return torch.stack(rows)
 
 
-CAPTUM_METHODS = {"ablation": FeatureAblation, "sampling": ShapleyValueSampling, "shapley": ShapleyValues}
+class CaptumModalityShapley:
+    """The modality game through a Captum perturbation algorithm, to cross-check ``ExactModalityShapley``.
 
+    One feature group per modality (all its voxels, or all its features), zero baseline, forward
+    ``ModalityGame``. ``algorithm``: ``ShapleyValues`` (every permutation: equal to the exact values),
+    ``ShapleyValueSampling`` (``n_samples`` random permutations: converges to them) or ``FeatureAblation``
+    (v(all) - v(all but m), a leave-one-out, not Shapley). Each Captum evaluation costs one subset prediction
+    (no reuse of encodings): for checks, not for routine use.
 
-def captum_modality_attribution(
-    model: nn.Module,
-    image: Image,
-    outputs: Sequence[str],
-    target: np.ndarray | None = None,
-    value: str = "dice",
-    roi: Sequence[int] | None = None,
-    method: str = "sampling",
-    n_samples: int = 25,
-) -> ModalityShapley:
-    """The modality game through Captum, one feature group per modality, zero baseline (to cross-check).
-
-    ``method``: ``ablation`` (``FeatureAblation``: v(all) - v(all but m), a leave-one-out, not Shapley),
-    ``sampling`` (``ShapleyValueSampling``, ``n_samples`` random permutations: converges to the exact values)
-    or ``shapley`` (``ShapleyValues``: every permutation, equal to ``modality_shapley``). Players are the
-    modalities whose input is not all zero. Costs one subset prediction per Captum evaluation (no reuse).
+    Args:
+        model, outputs, value: as for ``ExactModalityShapley``.
+        algorithm: one of the Captum classes ``FeatureAblation``, ``ShapleyValueSampling``, ``ShapleyValues``
+            (the class: it is built around each case's game).
+        n_samples: permutations per output for ``ShapleyValueSampling``; the other two enumerate and do not
+            use it.
     """
-    game = ModalityGame(model, value, target, roi)
-    tabular = isinstance(image, dict)
-    if tabular:
-        inputs = tuple(torch.as_tensor(image[m], dtype=torch.float32)[None] for m in model.modalities)
-        masks = tuple(torch.full_like(x, i, dtype=torch.long) for i, x in enumerate(inputs))
-        present = tuple(bool(x.abs().amax() > 0) for x in inputs)
-    else:
-        volume = torch.as_tensor(
-            np.asarray(image) if not torch.is_tensor(image) else image, dtype=torch.float32
+
+    ALGORITHMS = (FeatureAblation, ShapleyValueSampling, ShapleyValues)
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        outputs: Sequence[str],
+        value: str = "dice",
+        algorithm: type = ShapleyValueSampling,
+        n_samples: int = 25,
+    ):
+        if algorithm not in self.ALGORITHMS:
+            raise ValueError(
+                f"algorithm {getattr(algorithm, '__name__', algorithm)!r} does not play the modality game; "
+                "give one of the classes FeatureAblation, ShapleyValueSampling, ShapleyValues (captum.attr)"
+            )
+        _check_value(value)
+        _check_positive(n_samples=n_samples)
+        self.model, self.outputs, self.value = model, outputs, value
+        self.algorithm, self.n_samples = algorithm, n_samples
+
+    def attribute(
+        self,
+        image: Image,
+        present: Sequence[bool] | None = None,
+        target: np.ndarray | None = None,
+        roi: Sequence[int] | None = None,
+    ) -> ModalityShapley:
+        """The algorithm's value of each modality for every output of one case.
+
+        Args:
+            image, target, roi: as for ``ExactModalityShapley.attribute``.
+            present: (M,) the modalities to play; the others are zeroed first (a zero input is a missing
+                modality, so Captum's game leaves them out). Default: every modality. Either way the players
+                are the modalities whose input is then not all zero; the others get exactly 0.
+
+        Returns:
+            ``ModalityShapley`` with ``values`` (K, M) and ``method`` the Captum class's name.
+        """
+        names = tuple(self.model.modalities)
+        game = ModalityGame(self.model, self.value, target, roi)
+        # a zero input is a missing modality: zeroing the ones outside present keeps them out of the game
+        keep = [True] * len(names) if present is None else [bool(p) for p in present]
+        tabular = isinstance(image, dict)
+        if tabular:
+            inputs = tuple(
+                torch.as_tensor(image[m], dtype=torch.float32)[None] * k
+                for m, k in zip(names, keep, strict=True)
+            )
+            masks = tuple(torch.full_like(x, i, dtype=torch.long) for i, x in enumerate(inputs))
+            present = tuple(bool(x.abs().amax() > 0) for x in inputs)
+        else:
+            volume = _as_volume(image)
+            volume = volume * torch.tensor(keep, device=volume.device).view(-1, *[1] * (volume.ndim - 1))
+            inputs = (volume[None],)
+            masks = (torch.arange(volume.shape[0]).view(1, -1, *[1] * (volume.ndim - 1)),)
+            present = tuple(bool(x) for x in volume.flatten(1).abs().amax(1) > 0)
+        algorithm = self.algorithm(game)
+        extra = {"n_samples": self.n_samples} if self.algorithm is ShapleyValueSampling else {}
+        values = np.zeros((len(self.outputs), len(present)))
+        for k in range(len(self.outputs)):
+            attr = algorithm.attribute(
+                inputs, baselines=(0.0,) * len(inputs), target=k, feature_mask=masks, **extra
+            )
+            for i in range(len(present)):  # every element of a group carries the group's value
+                values[k, i] = float(attr[i][0, 0] if tabular else attr[0][0, i].flatten()[0])
+        with torch.no_grad():
+            full, baseline = (
+                game(*x)[0].numpy() for x in (inputs, tuple(torch.zeros_like(x) for x in inputs))
+            )
+        return ModalityShapley(
+            names, tuple(self.outputs), values, baseline, full, present, self.value, self.algorithm.__name__
         )
-        inputs = (volume[None],)
-        masks = (torch.arange(volume.shape[0]).view(1, -1, *[1] * (volume.ndim - 1)),)
-        present = tuple(bool(x) for x in volume.flatten(1).abs().amax(1) > 0)
-    algorithm = CAPTUM_METHODS[method](game)
-    extra = {"n_samples": n_samples} if method == "sampling" else {}
-    values = np.zeros((len(outputs), len(present)))
-    for k in range(len(outputs)):
-        attr = algorithm.attribute(
-            inputs, baselines=(0.0,) * len(inputs), target=k, feature_mask=masks, **extra
-        )
-        for i in range(len(present)):  # every element of a group carries the group's value
-            values[k, i] = float(attr[i][0, 0] if tabular else attr[0][0, i].flatten()[0])
-    with torch.no_grad():
-        full, baseline = (game(*x)[0].numpy() for x in (inputs, tuple(torch.zeros_like(x) for x in inputs)))
-    return ModalityShapley(
-        tuple(model.modalities),
-        tuple(outputs),
-        values,
-        baseline,
-        full,
-        present,
-        value,
-        type(algorithm).__name__,
-    )
 
 
 # --- voxel level --------------------------------------------------------------------------------------------
@@ -329,28 +417,65 @@ class RegionLogit(nn.Module):
         return sliding_window(window, x, self.roi, OVERLAP, sw_batch_size=8).flatten(1).sum(1)
 
 
-def voxel_attribution(
-    model: nn.Module,
-    image: np.ndarray | torch.Tensor,
-    present: Sequence[bool],
-    region: str,
-    regions: Sequence[str],
-    roi: Sequence[int],
-    method: str = "integrated_gradients",
-    n_steps: int = 32,
-    window: int = 8,
-    internal_batch_size: int = 4,
-    path_power: float = 10.0,
-) -> VoxelAttribution:
-    """Integrated Gradients or Occlusion of a region's summed logit, with the zero input as baseline.
+class VoxelMethod(ABC):
+    """What the voxel attributions share: the forward ``RegionLogit`` (a region's logit summed over the
+    volume, modalities outside ``present`` zeroed), the device, and the result, with exactly 0 on absent
+    modalities. A method supplies one hook, ``_attribute``: its Captum algorithm on that forward.
 
     Args:
-        image: (M, D, H, W) normalised case volume.
-        present: (M,) modalities given to the network (the others are zeroed and get 0).
-        region: which output, by name; ``regions`` the output names in network order (ET, WT, TC).
-        roi: the sliding-window size (training crop).
-        method: ``integrated_gradients`` (``n_steps`` Gauss-Legendre steps, ``internal_batch_size`` at a
-            time) or ``occlusion`` (cubes of ``window`` voxels per modality, stride ``window``, set to 0).
+        model: a segmentation network following the model contract.
+        outputs: names of its output channels in network order (ET, WT, TC); ``attribute``'s ``region`` is
+            one of them.
+        internal_batch_size: how many perturbed volumes (path steps, occluded copies) go through the network
+            at a time.
+    """
+
+    method: str  # VoxelAttribution.method: the Captum class's name
+
+    def __init__(self, model: nn.Module, *, outputs: Sequence[str], internal_batch_size: int = 4):
+        _check_positive(internal_batch_size=internal_batch_size)
+        self.model, self.outputs, self.internal_batch_size = model, outputs, internal_batch_size
+
+    def attribute(
+        self, image: np.ndarray | torch.Tensor, present: Sequence[bool], region: str, roi: Sequence[int]
+    ) -> VoxelAttribution:
+        """Attribution of ``region``'s summed logit to every voxel of one case, the zero input as baseline.
+
+        Args:
+            image: (M, D, H, W) normalised case volume.
+            present: (M,) modalities given to the network (the others are zeroed and get exactly 0).
+            region: which output, by name (one of ``outputs``, e.g. ``"ET"``).
+            roi: the sliding-window size (training crop).
+
+        Returns:
+            ``VoxelAttribution``: float32 (M, D, H, W) on the grid of ``image``.
+        """
+        if region not in self.outputs:
+            raise ValueError(
+                f"unknown region {region!r}; the network's outputs are {', '.join(self.outputs)}"
+            )
+        device = next(self.model.parameters()).device
+        self.model.eval()
+        forward = RegionLogit(self.model, present, list(self.outputs).index(region), roi).to(device)
+        x = _as_volume(image)[None].to(device)
+        attr, delta = self._attribute(forward, x)
+        present = tuple(bool(p) for p in present)
+        # the forward ignores absent voxels, but Occlusion's batched evaluations leave ~1e-5 there
+        attr = attr[0].detach().float().cpu().numpy() * np.array(present).reshape(-1, *[1] * (x.ndim - 2))
+        return VoxelAttribution(attr, region, present, self.method, delta)
+
+    @abstractmethod
+    def _attribute(self, forward: RegionLogit, x: torch.Tensor) -> tuple[torch.Tensor, float | None]:
+        """The algorithm on ``forward`` at x (1, M, D, H, W), zero baseline: attributions (1, M, D, H, W) and
+        Captum's convergence delta (None where the method has none)."""
+
+
+class VoxelIntegratedGradients(VoxelMethod):
+    """Integrated Gradients of a region's summed logit, zero input as baseline, on a path sampled near 0.
+
+    Args:
+        model, outputs, internal_batch_size: as for ``VoxelMethod``.
+        n_steps: Gauss-Legendre steps (Captum's default rule) along the path.
         path_power: where Integrated Gradients samples the straight path from 0 to x: at alpha = t^p for
             Captum's steps t. Instance-normalised networks are nearly scale invariant, so f(alpha x) is flat
             for alpha above ~1e-3 and changes almost entirely below it (the norms' eps takes over): steps
@@ -359,39 +484,65 @@ def voxel_attribution(
             results/explain.json). The path and the limit are those of Integrated Gradients (Captum runs in
             y = sign(x) |x|^(1/p); the straight path is the same).
     """
-    device = next(model.parameters()).device
-    model.eval()
-    forward = RegionLogit(model, present, list(regions).index(region), roi).to(device)
-    x = torch.as_tensor(np.asarray(image) if not torch.is_tensor(image) else image, dtype=torch.float32)[None]
-    x, delta = x.to(device), None
-    if method == "integrated_gradients":
+
+    method = "IntegratedGradients"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        outputs: Sequence[str],
+        n_steps: int = 32,
+        internal_batch_size: int = 4,
+        path_power: float = 10.0,
+    ):
+        super().__init__(model, outputs=outputs, internal_batch_size=internal_batch_size)
+        _check_positive(n_steps=n_steps, path_power=path_power)
+        self.n_steps, self.path_power = n_steps, path_power
+
+    def _attribute(self, forward: RegionLogit, x: torch.Tensor) -> tuple[torch.Tensor, float]:
+        p = self.path_power
         # Same straight path, sampled at alpha = t^p: IG in the coordinates y = sign(x) |x|^(1/p).
-        y = x.sign() * x.abs() ** (1 / path_power)
-        attr, d = IntegratedGradients(lambda y: forward(y.sign() * y.abs() ** path_power)).attribute(
+        y = x.sign() * x.abs() ** (1 / p)
+        attr, delta = IntegratedGradients(lambda y: forward(y.sign() * y.abs() ** p)).attribute(
             y,
             baselines=0.0,
-            n_steps=n_steps,
-            internal_batch_size=internal_batch_size,
+            n_steps=self.n_steps,
+            internal_batch_size=self.internal_batch_size,
             return_convergence_delta=True,
         )
-        delta = float(d.sum())
-    elif method == "occlusion":
+        return attr, float(delta.sum())
+
+
+class VoxelOcclusion(VoxelMethod):
+    """Occlusion of a region's summed logit: cubes of ``window`` voxels of one modality at a time set to 0
+    (stride ``window``); each voxel gets f(x) - f(x with its cube zeroed).
+
+    Args:
+        model, outputs, internal_batch_size: as for ``VoxelMethod``.
+        window: cube edge in voxels (as large as the volume: each modality's leave-one-out).
+    """
+
+    method = "Occlusion"
+
+    def __init__(
+        self, model: nn.Module, *, outputs: Sequence[str], window: int = 8, internal_batch_size: int = 4
+    ):
+        super().__init__(model, outputs=outputs, internal_batch_size=internal_batch_size)
+        _check_positive(window=window)
+        self.window = window
+
+    def _attribute(self, forward: RegionLogit, x: torch.Tensor) -> tuple[torch.Tensor, None]:
+        cube = (1, *[self.window] * (x.ndim - 2))  # one modality at a time
         with torch.no_grad():
             attr = Occlusion(forward).attribute(
                 x,
-                sliding_window_shapes=(1, *[window] * (x.ndim - 2)),
-                strides=(1, *[window] * (x.ndim - 2)),
+                sliding_window_shapes=cube,
+                strides=cube,
                 baselines=0.0,
-                perturbations_per_eval=internal_batch_size,
+                perturbations_per_eval=self.internal_batch_size,
             )
-    else:
-        raise ValueError(
-            f"unknown voxel attribution {method!r}; choose 'integrated_gradients' or 'occlusion'"
-        )
-    present = tuple(bool(p) for p in present)
-    attr = attr[0].detach().float().cpu().numpy() * np.array(present).reshape(-1, *[1] * (x.ndim - 2))
-    name = "IntegratedGradients" if method == "integrated_gradients" else "Occlusion"
-    return VoxelAttribution(attr, region, present, name, delta)
+        return attr, None
 
 
 # --- feature level (tabular) --------------------------------------------------------------------------------
@@ -411,43 +562,144 @@ class TabularAttribution:
     delta: float
 
 
+class TabularIntegratedGradients:
+    """Integrated Gradients of one class logit per tabular feature, zero baseline, summed per modality.
+
+    Only the present modalities are Captum's inputs (the others stay zero and get exactly 0); a volume
+    modality (ADNI-T1's (1, S, S, S)) is attributed per voxel and reported as its sum.
+
+    Args:
+        model: a classification network following the model contract: dict inputs, ``logits`` (B, classes).
+        n_steps: Gauss-Legendre steps along the path.
+    """
+
+    def __init__(self, model: nn.Module, *, n_steps: int = 32):
+        _check_positive(n_steps=n_steps)
+        self.model, self.n_steps = model, n_steps
+
+    def attribute(
+        self, image: dict[str, torch.Tensor], present: Sequence[bool], target: int
+    ) -> TabularAttribution:
+        """Integrated Gradients of class ``target``'s logit for one sample.
+
+        Args:
+            image: one sample {modality: (F_m,), or (1, S, S, S) for a volume} in the model's modality order.
+            present: (M,) modalities given (the others are zeroed by the model and get 0).
+            target: the class index whose logit is attributed.
+
+        Returns:
+            ``TabularAttribution``: ``features`` {modality: (F_m,)} (a volume: (1,)), their sums per modality.
+        """
+        model = self.model
+        names, present = tuple(model.modalities), tuple(bool(p) for p in present)
+        model.eval()
+        rows = {m: torch.as_tensor(image[m], dtype=torch.float32)[None] for m in names}
+        players = [m for m, p in zip(names, present, strict=True) if p]  # the others never reach the graph
+        mask = torch.tensor(present, device=rows[names[0]].device)[None]
+
+        def forward(*xs: torch.Tensor) -> torch.Tensor:
+            batch = {m: torch.zeros_like(v).expand(xs[0].shape[0], *v.shape[1:]) for m, v in rows.items()}
+            batch.update(zip(players, xs, strict=True))
+            return model(batch, mask.expand(xs[0].shape[0], -1)).logits
+
+        attr, delta = IntegratedGradients(forward).attribute(
+            tuple(rows[m] for m in players),
+            baselines=(0.0,) * len(players),
+            target=int(target),
+            n_steps=self.n_steps,
+            return_convergence_delta=True,
+        )
+
+        def per_feature(a: torch.Tensor) -> np.ndarray:  # a volume's voxels sum to one value
+            a = a[0].detach().double().cpu()
+            return a.numpy() if a.dim() == 1 else a.sum().reshape(1).numpy()
+
+        features = {m: np.zeros(v.shape[1] if v.dim() == 2 else 1) for m, v in rows.items()}
+        features.update({m: per_feature(a) for m, a in zip(players, attr, strict=True)})
+        return TabularAttribution(
+            features, {m: float(f.sum()) for m, f in features.items()}, int(target), float(delta.sum())
+        )
+
+
+# --- function forms -----------------------------------------------------------------------------------------
+# One call per case, as before the classes; notebooks, scripts and tests written against them keep working.
+
+CAPTUM_METHODS = {"ablation": FeatureAblation, "sampling": ShapleyValueSampling, "shapley": ShapleyValues}
+
+
+def modality_shapley(
+    model: nn.Module,
+    image: Image,
+    present: Sequence[bool],
+    outputs: Sequence[str],
+    target: np.ndarray | None = None,
+    value: str = "dice",
+    roi: Sequence[int] | None = None,
+) -> ModalityShapley:
+    """Function form of ``ExactModalityShapley``:
+    ``ExactModalityShapley(model, outputs=outputs, value=value).attribute(image, present, target, roi)``."""
+    return ExactModalityShapley(model, outputs=outputs, value=value).attribute(image, present, target, roi)
+
+
+def captum_modality_attribution(
+    model: nn.Module,
+    image: Image,
+    outputs: Sequence[str],
+    target: np.ndarray | None = None,
+    value: str = "dice",
+    roi: Sequence[int] | None = None,
+    method: str = "sampling",
+    n_samples: int = 25,
+) -> ModalityShapley:
+    """Function form of ``CaptumModalityShapley`` with ``algorithm=CAPTUM_METHODS[method]`` (``ablation``:
+    ``FeatureAblation``, ``sampling``: ``ShapleyValueSampling``, ``shapley``: ``ShapleyValues``) and no
+    ``present``: the players are the modalities whose input is not all zero."""
+    return CaptumModalityShapley(
+        model, outputs=outputs, value=value, algorithm=CAPTUM_METHODS[method], n_samples=n_samples
+    ).attribute(image, target=target, roi=roi)
+
+
+def voxel_attribution(
+    model: nn.Module,
+    image: np.ndarray | torch.Tensor,
+    present: Sequence[bool],
+    region: str,
+    regions: Sequence[str],
+    roi: Sequence[int],
+    method: str = "integrated_gradients",
+    n_steps: int = 32,
+    window: int = 8,
+    internal_batch_size: int = 4,
+    path_power: float = 10.0,
+) -> VoxelAttribution:
+    """Function form of ``VoxelIntegratedGradients`` (``method="integrated_gradients"``: ``n_steps``,
+    ``path_power``) or ``VoxelOcclusion`` (``"occlusion"``: ``window``), built with ``outputs=regions``, then
+    ``attribute(image, present, region, roi)``."""
+    if method == "integrated_gradients":
+        explainer = VoxelIntegratedGradients(
+            model,
+            outputs=regions,
+            n_steps=n_steps,
+            internal_batch_size=internal_batch_size,
+            path_power=path_power,
+        )
+    elif method == "occlusion":
+        explainer = VoxelOcclusion(
+            model, outputs=regions, window=window, internal_batch_size=internal_batch_size
+        )
+    else:
+        raise ValueError(
+            f"unknown voxel attribution {method!r}; choose 'integrated_gradients' or 'occlusion'"
+        )
+    return explainer.attribute(image, present, region, roi)
+
+
 def tabular_integrated_gradients(
     model: nn.Module, image: dict[str, torch.Tensor], present: Sequence[bool], target: int, n_steps: int = 32
 ) -> TabularAttribution:
-    """Integrated Gradients of class ``target``'s logit for one sample of tabular inputs, zero baseline.
-
-    Args:
-        image: one sample {modality: (F_m,), or (1, S, S, S) for a volume} in the model's modality order.
-        present: (M,) modalities given (the others are zeroed by the model and get 0).
-    """
-    names, present = tuple(model.modalities), tuple(bool(p) for p in present)
-    model.eval()
-    rows = {m: torch.as_tensor(image[m], dtype=torch.float32)[None] for m in names}
-    players = [m for m, p in zip(names, present, strict=True) if p]  # the others never reach the graph
-    mask = torch.tensor(present, device=rows[names[0]].device)[None]
-
-    def forward(*xs: torch.Tensor) -> torch.Tensor:
-        batch = {m: torch.zeros_like(v).expand(xs[0].shape[0], *v.shape[1:]) for m, v in rows.items()}
-        batch.update(zip(players, xs, strict=True))
-        return model(batch, mask.expand(xs[0].shape[0], -1)).logits
-
-    attr, delta = IntegratedGradients(forward).attribute(
-        tuple(rows[m] for m in players),
-        baselines=(0.0,) * len(players),
-        target=int(target),
-        n_steps=n_steps,
-        return_convergence_delta=True,
-    )
-
-    def per_feature(a: torch.Tensor) -> np.ndarray:  # a volume's voxels sum to one value
-        a = a[0].detach().double().cpu()
-        return a.numpy() if a.dim() == 1 else a.sum().reshape(1).numpy()
-
-    features = {m: np.zeros(v.shape[1] if v.dim() == 2 else 1) for m, v in rows.items()}
-    features.update({m: per_feature(a) for m, a in zip(players, attr, strict=True)})
-    return TabularAttribution(
-        features, {m: float(f.sum()) for m, f in features.items()}, int(target), float(delta.sum())
-    )
+    """Function form of ``TabularIntegratedGradients``:
+    ``TabularIntegratedGradients(model, n_steps=n_steps).attribute(image, present, target)``."""
+    return TabularIntegratedGradients(model, n_steps=n_steps).attribute(image, present, target)
 
 
 # --- a trained run ------------------------------------------------------------------------------------------
@@ -482,16 +734,15 @@ def explain_run(
         card, roi = task.card, run.config.data.crop
         case = load_case(case_dir, card=card)
         value = "dice" if case.target is not None else "probability"
-        shapley = modality_shapley(
-            model, case.image, case.present, card.region_names, case.target, value, roi
+        shapley = ExactModalityShapley(model, outputs=card.region_names, value=value).attribute(
+            case.image, case.present, case.target, roi
         )
         result = {"case": case.case_id, **shapley.to_dict()}
         if out is not None:
             maps = {}
+            integrated_gradients = VoxelIntegratedGradients(model, outputs=card.region_names, n_steps=n_steps)
             for region in report_regions(card):
-                ig = voxel_attribution(
-                    model, case.image, case.present, region, card.region_names, roi, n_steps=n_steps
-                )
+                ig = integrated_gradients.attribute(case.image, case.present, region, roi)
                 files = ig.save_nifti(case, out, card.modality_names)
                 maps[region] = {"delta": ig.delta, "files": [str(p) for p in files]}
             result["integrated_gradients"] = maps
@@ -503,9 +754,11 @@ def explain_run(
 
     image, present = subject_inputs(run, Path(data) if data else data_path(run.config.data, run.run_dir), rid)
     sample, present = {m: x[0].to(run_device(run.config)) for m, x in image.items()}, present[0].tolist()
-    shapley = modality_shapley(model, sample, present, task.classes, value="probability")
+    shapley = ExactModalityShapley(model, outputs=task.classes, value="probability").attribute(
+        sample, present
+    )
     predicted = int(np.argmax(shapley.full))
-    ig = tabular_integrated_gradients(model, sample, present, predicted, n_steps)
+    ig = TabularIntegratedGradients(model, n_steps=n_steps).attribute(sample, present, predicted)
     columns = {m.name: [f"{m.name} volume"] if m.kind == "image" else list(m.columns) for m in task.specs}
     if task.cognitive:
         columns["clinical"] += list(task.card.header["cognitive_columns"])

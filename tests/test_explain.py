@@ -1,4 +1,9 @@
-"""Attributions: exact Shapley maths on hand-made games, then on real (tiny) models through Captum."""
+"""Attributions: exact Shapley maths on hand-made games, then on real (tiny) models through Captum.
+
+The method classes (``ExactModalityShapley``, ``CaptumModalityShapley``, ``VoxelIntegratedGradients``,
+``VoxelOcclusion``, ``TabularIntegratedGradients``) are tested directly; some tests go through the function
+forms (``modality_shapley``, ``captum_modality_attribution``, ``voxel_attribution``,
+``tabular_integrated_gradients``), which must keep working."""
 
 import json
 
@@ -7,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from captum.attr import FeatureAblation, IntegratedGradients, ShapleyValues
 from test_evaluate import train_tiny_run
 from test_infer import write_case
 from torch import nn
@@ -16,7 +22,12 @@ from mckd_lab.data.brats import load_case, scan_folder
 from mckd_lab.data.cards import load_card
 from mckd_lab.evaluate import dice
 from mckd_lab.explain import (
+    CaptumModalityShapley,
+    ExactModalityShapley,
     RegionLogit,
+    TabularIntegratedGradients,
+    VoxelIntegratedGradients,
+    VoxelOcclusion,
     captum_modality_attribution,
     exact_shapley,
     explain_run,
@@ -120,6 +131,24 @@ def test_modality_shapley_efficiency_and_absent_modality_exactly_zero():
     assert out["present"] == ["flair", "t1", "t1ce"]
 
 
+def test_exact_modality_shapley_is_exact_shapley_over_the_subset_predictions():
+    net = tiny_net()
+    image, present = case_image(8)
+    result = ExactModalityShapley(net, outputs=REGIONS, value="probability").attribute(
+        image, present, roi=ROI
+    )
+    # the game written out: v(S) = mean region probability with only S given, for every subset of the players
+    subsets = subsets_of(present)
+    v = predict_subsets(net, image, subsets, ROI).flatten(2).mean(2).double().numpy()
+    np.testing.assert_array_equal(result.values, exact_shapley(dict(zip(subsets, v, strict=True)), present).T)
+    np.testing.assert_array_equal(result.baseline, v[0])  # the empty set
+    np.testing.assert_array_equal(result.full, v[-1])  # every present modality
+    assert result.method == "exact" and result.outputs == tuple(REGIONS) and result.present == present
+    # the function form is the same computation
+    old = modality_shapley(net, image, present, REGIONS, value="probability", roi=ROI)
+    np.testing.assert_array_equal(old.values, result.values)
+
+
 def test_modality_shapley_with_dice_value_sums_to_dice_gain():
     image, present = case_image(1, absent=())
     target = (torch.rand(3, 16, 16, 16, generator=torch.Generator().manual_seed(2)) < 0.5).numpy()
@@ -158,8 +187,10 @@ def test_modality_shapley_symmetry_on_a_model_symmetric_by_construction():
 def test_captum_shapley_values_equal_the_exact_encode_once_values():
     net, roi = tiny_net(), (8, 8, 8)
     image, present = case_image(4, shape=roi)
-    exact = modality_shapley(net, image, present, REGIONS, value="probability", roi=roi)
-    captum = captum_modality_attribution(net, image, REGIONS, value="probability", roi=roi, method="shapley")
+    exact = ExactModalityShapley(net, outputs=REGIONS, value="probability").attribute(image, present, roi=roi)
+    captum = CaptumModalityShapley(
+        net, outputs=REGIONS, value="probability", algorithm=ShapleyValues
+    ).attribute(image, roi=roi)
     assert captum.method == "ShapleyValues" and captum.present == present
     np.testing.assert_allclose(captum.values, exact.values, atol=1e-5)
     np.testing.assert_allclose(captum.baseline, exact.baseline, atol=1e-6)
@@ -168,19 +199,25 @@ def test_captum_shapley_values_equal_the_exact_encode_once_values():
 def test_captum_feature_ablation_is_the_leave_one_out_of_the_same_game():
     net = tiny_net()
     image, present = case_image(5)
-    ablation = captum_modality_attribution(
-        net, image, REGIONS, value="probability", roi=ROI, method="ablation"
-    )
+    ablation = CaptumModalityShapley(
+        net, outputs=REGIONS, value="probability", algorithm=FeatureAblation
+    ).attribute(image, present, roi=ROI)
     leave_out = [tuple(p and j != i for j, p in enumerate(present)) for i in range(3)]
     probs = predict_subsets(net, image, [present, *leave_out], ROI).flatten(2).mean(2).double().numpy()
     np.testing.assert_allclose(ablation.values[:, :3], (probs[0] - probs[1:]).T, atol=1e-5)
     assert np.all(ablation.values[:, 3] == 0.0)
+    # the function form, with its string switch, is the same computation
+    old = captum_modality_attribution(net, image, REGIONS, value="probability", roi=ROI, method="ablation")
+    np.testing.assert_array_equal(old.values, ablation.values)
+    assert old.method == ablation.method == "FeatureAblation"
 
 
 def test_integrated_gradients_completeness_and_absent_modality():
     net, roi = tiny_net(), (8, 8, 8)
     image, present = case_image(6, shape=(12, 8, 8))  # two sliding windows along D
-    ig = voxel_attribution(net, image, present, "WT", REGIONS, roi, n_steps=64, internal_batch_size=16)
+    ig = VoxelIntegratedGradients(net, outputs=REGIONS, n_steps=64, internal_batch_size=16).attribute(
+        image, present, "WT", roi
+    )
     assert ig.attribution.shape == (4, 12, 8, 8) and ig.method == "IntegratedGradients"
     assert np.all(ig.attribution[3] == 0.0)
     forward = RegionLogit(net, present, REGIONS.index("WT"), roi)
@@ -190,10 +227,26 @@ def test_integrated_gradients_completeness_and_absent_modality():
     assert abs(ig.delta) < 0.05 * abs(gain)  # measured 0.1% here (plain Captum steps, path_power=1: ~90%)
 
 
+def test_integrated_gradients_with_path_power_one_is_plain_captum():
+    net, roi = tiny_net(), (8, 8, 8)
+    image, present = case_image(9, shape=roi)
+    ig = VoxelIntegratedGradients(net, outputs=REGIONS, n_steps=8, path_power=1.0).attribute(
+        image, present, "TC", roi
+    )
+    # p = 1: the path is sampled where Captum samples it, so the maps are Captum's on the region's logit
+    forward = RegionLogit(net, present, REGIONS.index("TC"), roi)
+    attr, delta = IntegratedGradients(forward).attribute(
+        image[None], baselines=0.0, n_steps=8, internal_batch_size=4, return_convergence_delta=True
+    )
+    np.testing.assert_allclose(ig.attribution[:3], attr[0, :3].detach().numpy(), rtol=1e-5, atol=1e-9)
+    assert np.all(ig.attribution[3] == 0.0) and ig.delta == pytest.approx(float(delta), rel=1e-5)
+
+
 def test_occlusion_with_one_window_per_modality_is_the_leave_one_out(tmp_path):
     net = tiny_net()
     image, present = case_image(7)
-    occ = voxel_attribution(net, image, present, "ET", REGIONS, ROI, method="occlusion", window=16)
+    occ = VoxelOcclusion(net, outputs=REGIONS, window=16).attribute(image, present, "ET", ROI)
+    assert occ.method == "Occlusion" and occ.delta is None
     forward = RegionLogit(net, present, REGIONS.index("ET"), ROI)
     with torch.no_grad():
         full = float(forward(image[None]))
@@ -202,6 +255,8 @@ def test_occlusion_with_one_window_per_modality_is_the_leave_one_out(tmp_path):
             dropped[m] = 0
             np.testing.assert_allclose(occ.attribution[m], full - float(forward(dropped[None])), rtol=1e-4)
     np.testing.assert_array_equal(occ.attribution[3], 0.0)
+    old = voxel_attribution(net, image, present, "ET", REGIONS, ROI, method="occlusion", window=16)
+    np.testing.assert_array_equal(old.attribution, occ.attribution)
 
 
 def test_voxel_maps_save_as_nifti_on_the_case_grid(tmp_path):
@@ -260,6 +315,44 @@ def sample_batch(sample, scale=1.0):
     return {m: scale * v[None] for m, v in sample.items()}
 
 
+class LinearHead(nn.Module):
+    def __init__(self, c: int, k: int):
+        super().__init__()
+        self.linear = nn.Linear(c, k)
+
+    def forward(self, bottleneck, skips=()):
+        return self.linear(bottleneck)
+
+
+class LinearEncoder(nn.Linear):
+    def forward(self, x):
+        return super().forward(x), []  # the encoder contract: (bottleneck, skips)
+
+
+def test_tabular_integrated_gradients_of_a_linear_network_is_input_times_weight():
+    # Linear encoders, a linear head, and filling a missing slot (a mean of the present ones) is linear too:
+    # logit = w . x + b, so Integrated Gradients from 0 is exactly x_i * w_i, whatever the number of steps.
+    torch.manual_seed(0)
+    widths = {"imaging": 3, "genomic": 2, "clinical": 4}
+    net = MultiModalNet(
+        [LinearEncoder(f, 4) for f in widths.values()], LinearHead(12, 3), list(widths)
+    ).eval()
+    sample = {
+        m: torch.randn(f, generator=torch.Generator().manual_seed(i))
+        for i, (m, f) in enumerate(widths.items())
+    }
+    present, given = (True, False, True), ("imaging", "clinical")
+    ig = TabularIntegratedGradients(net, n_steps=4).attribute(sample, present, target=1)
+    x = {m: sample[m][None].clone().requires_grad_() for m in given}
+    batch = {m: x[m] if m in given else torch.zeros(1, f) for m, f in widths.items()}  # genomic not given
+    w = torch.autograd.grad(net(batch, torch.tensor([present])).logits[0, 1], [x[m] for m in given])
+    for m, w_m in zip(given, w, strict=True):
+        np.testing.assert_allclose(ig.features[m], (sample[m] * w_m[0]).numpy(), rtol=1e-5, atol=1e-7)
+    assert np.all(ig.features["genomic"] == 0.0) and ig.delta == pytest.approx(0.0, abs=1e-5)
+    old = tabular_integrated_gradients(net, sample, present, target=1, n_steps=4)
+    assert old.per_modality == ig.per_modality
+
+
 def test_tabular_modality_shapley_equals_captum_shapley_values():
     net, sample = tabular_net()
     exact = modality_shapley(net, sample, (True, True, True), ("CN", "MCI", "AD"), value="probability")
@@ -268,6 +361,47 @@ def test_tabular_modality_shapley_equals_captum_shapley_values():
         net, sample, ("CN", "MCI", "AD"), value="probability", method="shapley"
     )
     np.testing.assert_allclose(captum.values, exact.values, atol=1e-6)
+
+
+def test_captum_modality_shapley_plays_only_the_present_modalities():
+    net, sample = tabular_net()  # every input is non-zero; present takes genomic out of the game
+    present = (True, False, True)
+    exact = ExactModalityShapley(net, outputs=("CN", "MCI", "AD"), value="probability").attribute(
+        sample, present
+    )
+    captum = CaptumModalityShapley(
+        net, outputs=("CN", "MCI", "AD"), value="probability", algorithm=ShapleyValues
+    ).attribute(sample, present)
+    assert captum.present == present and np.all(captum.values[:, 1] == 0.0)
+    np.testing.assert_allclose(captum.values, exact.values, atol=1e-6)
+    np.testing.assert_allclose(captum.full, exact.full, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "build, message",
+    [
+        (lambda net: ExactModalityShapley(net, outputs=REGIONS, value="auc"), "unknown value 'auc'"),
+        (
+            lambda net: CaptumModalityShapley(net, outputs=REGIONS, algorithm=IntegratedGradients),
+            "IntegratedGradients",
+        ),
+        (lambda net: CaptumModalityShapley(net, outputs=REGIONS, n_samples=0), "n_samples must be positive"),
+        (lambda net: VoxelIntegratedGradients(net, outputs=REGIONS, n_steps=0), "n_steps must be positive"),
+        (lambda net: VoxelIntegratedGradients(net, outputs=REGIONS, path_power=0.0), "path_power must be"),
+        (lambda net: VoxelOcclusion(net, outputs=REGIONS, window=0), "window must be positive"),
+        (lambda net: VoxelOcclusion(net, outputs=REGIONS, internal_batch_size=0), "internal_batch_size must"),
+        (lambda net: TabularIntegratedGradients(net, n_steps=-1), "n_steps must be positive"),
+    ],
+)
+def test_settings_are_checked_at_construction(build, message):
+    with pytest.raises(ValueError, match=message):
+        build(tiny_net())
+
+
+def test_voxel_attribution_names_an_unknown_region():
+    image, present = case_image()
+    with pytest.raises(ValueError, match="unknown region 'NCR'; the network's outputs are ET, WT, TC"):
+        VoxelOcclusion(tiny_net(), outputs=REGIONS).attribute(image, present, "NCR", ROI)
 
 
 # --- a trained run ------------------------------------------------------------------------------------------
