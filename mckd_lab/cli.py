@@ -159,8 +159,21 @@ def cmd_demo(a):
     run_demo(a.out, iterations=a.iterations, seed=a.seed)
 
 
+def cmd_tutorials(a):
+    from mckd_lab.tutorials import copy_tutorials
+
+    paths = copy_tutorials(a.dir, force=a.force)
+    notebooks = sum(p.suffix == ".ipynb" for p in paths)
+    print(f"{a.dir}: {notebooks} tutorial notebooks, their sweep specs (sweeps/) and README.md")
+    print(f"open them with:  jupyter lab {a.dir}")
+    print(f"or run one headless:  mckd-lab run {Path(a.dir) / '01_brats_mckd.ipynb'} --out runs/01")
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from mckd_lab import __version__
+
     parser = argparse.ArgumentParser(prog="mckd-lab", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("phantoms", help="write synthetic BraTS-like cases in the BraTS2018 layout")
@@ -242,6 +255,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iterations", type=int, default=None)
     p.add_argument("--seed", type=int, default=999)
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("tutorials", help="copy the tutorial notebooks and their sweep specs into a folder")
+    p.add_argument("dir", type=Path, help="the folder (created if needed)")
+    p.add_argument(
+        "--force", action="store_true", help="replace files there that differ from the shipped ones"
+    )
+    p.set_defaults(func=cmd_tutorials)
 
     add_subcommands(sub)  # run, sweep, strip (mckd_lab.experiments)
     return parser

@@ -1,12 +1,14 @@
 """Data cards: the single source of truth for modalities, file patterns, labels and regions.
 
-A card is a Markdown file in ``data_cards/`` that opens with a YAML header between ``---`` lines (the machine-
-readable part) followed by prose for people. Loaders read the header instead of repeating constants.
+A card is a Markdown file in ``data_cards/`` (installed as the package data ``mckd_lab.data_cards``) that opens
+with a YAML header between ``---`` lines (the machine-readable part) followed by prose for people. Loaders read
+the header instead of repeating constants.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib.resources
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,14 +67,22 @@ class Card:
 
 
 def cards_dir() -> Path:
-    """The folder holding the cards: ``data_cards/`` of the source tree (editable installs and checkouts)."""
-    here = Path(__file__).resolve()
-    for candidate in (here.parents[2] / "data_cards", here.parents[1] / "data_cards"):
-        if candidate.is_dir():
-            return candidate
-    raise FileNotFoundError(
-        f"no data_cards/ folder found next to {here.parents[2]}; install mckd-lab from a checkout (pip install -e .)"
-    )
+    """The folder holding the cards: the package data ``mckd_lab.data_cards``.
+
+    pyproject.toml maps the repository's top-level ``data_cards/`` (the one copy) to that package, so wheels,
+    sdists and editable installs all read it through ``importlib.resources``.
+    """
+    try:
+        folder = Path(str(importlib.resources.files("mckd_lab.data_cards")))
+    except ModuleNotFoundError:
+        folder = None
+    if folder is None or not any(folder.glob("*.md")):
+        where = f" (looked in {folder})" if folder else ""
+        raise FileNotFoundError(
+            f"mckd-lab's data cards, the package data mckd_lab.data_cards, are missing{where}: this installation "
+            "is incomplete; reinstall mckd-lab (pip install mckd-lab, or pip install -e . in a checkout)"
+        )
+    return folder
 
 
 def parse_card(text: str, path: Path | None = None) -> Card:
