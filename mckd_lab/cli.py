@@ -7,13 +7,15 @@ unknown modality, a missing run) are printed as one clear line and exit with sta
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import sys
 from pathlib import Path
 
-import numpy as np
-
 from mckd_lab.experiments import add_subcommands
+from mckd_lab.method.strategies import STRATEGIES
+from mckd_lab.tasks import TASKS
+from mckd_lab.train import TrainingDiverged
 
 
 def _print(result, as_json: bool, text: str | None = None) -> None:
@@ -57,29 +59,20 @@ def _parse_value(text: str):
 
 
 def build_config(a):
-    """The RunConfig a ``train`` call asks for: task defaults, then the flags, then ``--set`` overrides."""
-    from mckd_lab.config import RunConfig
+    """The RunConfig a ``train`` call asks for: the task's recipe with the flags given, then ``--set``."""
+    from mckd_lab.tasks import make_task, validate_config
 
-    overrides = {"method.name": a.method, "runtime.seed": a.seed, "runtime.device": a.device}
-    if a.task.startswith("adni"):
-        from mckd_lab.classification import adni_config
-
-        if a.size:
-            overrides["data.t1_size"] = a.size
-        config = adni_config(a.data, task=a.task, method=a.method, epochs=a.epochs, seed=a.seed)
-    else:
-        config = RunConfig()
-        overrides.update({"data.root": str(a.data) if a.data else None, "model.backbone": a.backbone})
-        if a.size:
-            overrides["data.crop"] = [a.size] * 3
-            if not a.data:
-                overrides["data.phantom_size"] = a.size
-        if a.cases:
-            overrides["data.phantom_cases"] = a.cases
-    if a.iterations:
-        overrides["optim.iterations"] = a.iterations
-        overrides["optim.warmup_iterations"] = a.warmup if a.warmup is not None else a.iterations * 3 // 8
-    elif a.warmup is not None:
+    flags = {"method": a.method, "seed": a.seed, "device": a.device, "size": a.size, "cases": a.cases,
+             "iterations": a.iterations, "epochs": a.epochs}  # fmt: skip
+    task = make_task(a.task)
+    options = {k: v for k, v in flags.items() if v is not None}
+    unknown = sorted(set(options) - set(inspect.signature(task.config).parameters))
+    if unknown:
+        raise ValueError(
+            f"--{', --'.join(unknown)}: not an option of task {a.task} (see mckd-lab train --help)"
+        )
+    overrides = {"model.backbone": a.backbone} if a.backbone else {}
+    if a.warmup is not None:
         overrides["optim.warmup_iterations"] = a.warmup
     if a.batch:
         overrides["optim.batch_size"] = a.batch
@@ -88,7 +81,8 @@ def build_config(a):
         if not sep:
             raise ValueError(f"--set {item!r}: write section.field=value, e.g. --set optim.lr=0.005")
         overrides[key] = _parse_value(value)
-    return config.with_overrides(overrides).validate()
+    config = task.config(a.data, **options)
+    return validate_config(config.with_overrides(overrides))
 
 
 def cmd_train(a):
@@ -102,47 +96,25 @@ def cmd_train(a):
 
 
 def cmd_evaluate(a):
-    from mckd_lab.evaluate import evaluate_run
+    from mckd_lab.runs import evaluate_run, render_table
 
     result = evaluate_run(a.run, data=a.data)
-    if a.json:
-        _print(result, True)
-    else:
-        print(render_result(result))
-
-
-def render_result(result: dict) -> str:
-    """The all-subsets table of a segmentation or a classification run, as text."""
-    if "classes" in result:
-        from mckd_lab.classification import render_table
-    else:
-        from mckd_lab.evaluate import render_table
-    return render_table(result)
+    _print(result, a.json, render_table(result))
 
 
 def cmd_predict(a):
-    if a.rid is not None:
-        from mckd_lab.classification import predict_subject
+    from mckd_lab.runs import predict_run
 
-        prediction = predict_subject(a.run, a.data, a.rid)
-        _print(prediction.to_dict(), a.json, str(prediction))
-        return
-    if a.case is None or a.out is None:
-        raise ValueError(
-            "predict needs --case CASE_DIR --out SEG.nii.gz (BraTS) or --data FILE.csv --rid RID (ADNI)"
-        )
-    from mckd_lab.infer import predict_run
-
-    prediction = predict_run(a.run, a.case, a.out, present=a.present)
-    values, counts = np.unique(prediction.labels, return_counts=True)
-    voxels = dict(zip(values.tolist(), counts.tolist(), strict=True))
-    print(f"wrote {a.out} (labels and voxel counts: {voxels})")
+    options = {"case": a.case, "out": a.out, "present": a.present, "rid": a.rid, "data": a.data}
+    prediction = predict_run(a.run, **{k: v for k, v in options.items() if v is not None})
+    _print(prediction.to_dict(), a.json, str(prediction))
 
 
 def cmd_explain(a):
-    from mckd_lab.explain import explain_run
+    from mckd_lab.runs import explain_run
 
-    result = explain_run(a.run, case_dir=a.case, rid=a.rid, out=a.out, data=a.data, n_steps=a.steps)
+    options = {"case": a.case, "rid": a.rid, "out": a.out, "data": a.data, "n_steps": a.steps}
+    result = explain_run(a.run, **{k: v for k, v in options.items() if v is not None})
     _print(result, a.json, format_shapley(result))
 
 
@@ -200,25 +172,28 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a model (MCKD or a baseline) and write a run directory")
     p.add_argument(
         "--task",
-        choices=["brats", "adni", "adni-t1"],
+        choices=list(TASKS),
         default="brats",
-        help="adni-t1: ADNI with a T1 volume per subject (column T1_PATH) in place of the imaging numbers",
+        help="adni-t1: ADNI with a T1 volume per subject (column T1_PATH) in place of the imaging numbers; "
+        "adni-cognitive: ADNI with the cognitive scores (from which the diagnosis is made)",
     )
     p.add_argument(
         "--data", type=Path, help="BraTS folder or ADNIMERGE CSV (default: generated phantoms/cohort)"
     )
     p.add_argument("--out", required=True, type=Path, help="the run directory")
-    p.add_argument("--method", default="mckd", choices=["none", "uniform", "lckd", "mckd", "mckd-bilevel"])
+    p.add_argument("--method", default="mckd", choices=list(STRATEGIES))
     p.add_argument(
         "--size", type=int, help="BraTS: cubic crop size (and phantom size when generating); adni-t1: T1 side"
     )
     p.add_argument("--cases", type=int, help="BraTS: number of phantoms to generate")
-    p.add_argument("--iterations", type=int, help="total iterations (warm-up + missing stage)")
-    p.add_argument("--warmup", type=int, help="iterations with every modality present (default 3/8)")
-    p.add_argument("--epochs", type=int, default=30, help="ADNI: epochs over the training subjects")
+    p.add_argument(
+        "--iterations", type=int, help="total iterations (warm-up + missing stage; BraTS default 200)"
+    )
+    p.add_argument("--warmup", type=int, help="iterations with every modality present (default: a third)")
+    p.add_argument("--epochs", type=int, help="ADNI: epochs over the training subjects (default 30)")
     p.add_argument("--batch", type=int)
     p.add_argument("--seed", type=int, default=999)
-    p.add_argument("--backbone", choices=["compact", "reference"], default="compact")
+    p.add_argument("--backbone", choices=["compact", "reference"], help="BraTS network (default compact)")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     p.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE", help="any config field")
     p.add_argument("--resume", action="store_true", help="continue from RUN/checkpoint.pt")
@@ -275,8 +250,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.func(args)
     except Exception as err:
-        from mckd_lab.train import TrainingDiverged  # here, not at the top: importing torch slows --help
-
         if not isinstance(err, (*USER_ERRORS, TrainingDiverged)):
             raise
         message = err.args[0] if isinstance(err, KeyError) and err.args else err

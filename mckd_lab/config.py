@@ -8,6 +8,7 @@ noted beside each field where it differs.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -119,7 +120,13 @@ class RuntimeConfig:
 
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "method": MethodConfig, "optim": OptimConfig,
             "runtime": RuntimeConfig}  # fmt: skip
-METHODS = ("none", "uniform", "lckd", "mckd", "mckd-bilevel")
+VERSION_KEY = "mckd_lab_version"  # written beside the sections in a run's config.json
+WARMUP_FRACTION = 1 / 3  # of the iterations, every modality present (stage 1); the recipes' one convention
+
+
+def warmup_for(iterations: int) -> int:
+    """Stage-1 (all modalities) length of a recipe of ``iterations``: ``WARMUP_FRACTION`` of them."""
+    return int(iterations * WARMUP_FRACTION)
 
 
 @dataclass
@@ -143,7 +150,9 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, dict[str, Any]]) -> RunConfig:
-        """Build from a (possibly partial) nested dict; unknown sections or fields are refused."""
+        """Build from a (possibly partial) nested dict; unknown sections or fields are refused (the package
+        version a run's ``config.json`` records beside the sections is not a section: it is skipped)."""
+        data = {k: v for k, v in data.items() if k != VERSION_KEY}
         unknown = set(data) - set(SECTIONS)
         if unknown:
             raise ValueError(
@@ -176,11 +185,11 @@ class RunConfig:
             data[section][name] = value
         return RunConfig.from_dict(data)
 
-    def validate(self) -> RunConfig:
-        """Check values once, at the boundary; raises ValueError naming the field. Returns self."""
+    def validate(self, extra: Sequence[str] = ()) -> RunConfig:
+        """Check the values every task shares, once, at the boundary; ``extra``: messages of the task's own
+        checks (``Task.validated`` passes them). Raises ValueError naming each field. Returns self."""
         d, m, me, o, r = self.data, self.model, self.method, self.optim, self.runtime
         checks = [
-            (me.name in METHODS, f"method.name {me.name!r} is not one of {', '.join(METHODS)}"),
             (m.backbone in ("compact", "reference"), f"model.backbone {m.backbone!r}: compact|reference"),
             (len(m.channels) >= 1 and min(m.channels) > 0, f"model.channels {m.channels}: widths > 0"),
             (o.optimizer in ("sgd", "adamw"), f"optim.optimizer {o.optimizer!r}: sgd|adamw"),
@@ -199,18 +208,7 @@ class RunConfig:
             (r.device == "cpu" or r.device.startswith("cuda"), f"runtime.device {r.device!r}: cpu|cuda[:N]"),
             (r.checkpoint_every >= 1, f"runtime.checkpoint_every must be >= 1, got {r.checkpoint_every}"),
         ]  # fmt: skip
-        if d.task != "brats":
-            pass  # crops concern volumes only
-        elif m.backbone == "reference":
-            fits = d.crop[0] % 16 == 0 and d.crop[1] % 32 == 0 and d.crop[2] % 32 == 0
-            checks.append(
-                (fits, f"data.crop {d.crop}: the reference backbone needs D % 16 == 0, H, W % 32 == 0")
-            )
-        else:
-            k = 2 ** len(m.channels)
-            checks.append((all(c % k == 0 for c in d.crop), f"data.crop {d.crop}: compact with "
-                           f"{len(m.channels)} widths needs every side divisible by {k}"))  # fmt: skip
-        errors = [message for ok, message in checks if not ok]
+        errors = [message for ok, message in checks if not ok] + list(extra)
         if errors:
             raise ValueError("invalid configuration: " + "; ".join(errors))
         return self

@@ -12,9 +12,10 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from mckd_lab.config import RunConfig
-from mckd_lab.evaluate import evaluate_run, render_table
-from mckd_lab.train import train
+from mckd_lab.config import RunConfig, warmup_for
+from mckd_lab.recipes import train_or_reuse
+from mckd_lab.runs import evaluate_run, render_table
+from mckd_lab.tasks import validate_config
 
 DEMO = {
     "data.phantom_cases": 32,
@@ -23,7 +24,7 @@ DEMO = {
     "data.heldout_cases": 3,
     "data.test_fraction": 0.25,
     "optim.iterations": 1500,
-    "optim.warmup_iterations": 500,
+    "optim.warmup_iterations": warmup_for(1500),
     "method.meta_every_warmup": 50,
     "method.meta_every_missing": 50,
     "method.meta_batches": 4,
@@ -38,8 +39,8 @@ def demo_config(iterations: int | None = None, seed: int = 999) -> RunConfig:
     overrides = dict(DEMO, **{"runtime.seed": seed})
     if iterations is not None:
         overrides["optim.iterations"] = iterations
-        overrides["optim.warmup_iterations"] = iterations // 3
-    return RunConfig().with_overrides(overrides).validate()
+        overrides["optim.warmup_iterations"] = warmup_for(iterations)
+    return validate_config(RunConfig().with_overrides(overrides))
 
 
 def run_demo(out: str | Path = "runs/demo", iterations: int | None = None, seed: int = 999) -> dict:
@@ -48,15 +49,14 @@ def run_demo(out: str | Path = "runs/demo", iterations: int | None = None, seed:
     out = Path(out)
     config = demo_config(iterations, seed)
     start = time.perf_counter()
-    resume = (out / "checkpoint.pt").exists() and not (out / "model.pt").exists()
-    run = train(config, out, resume=resume) if not (out / "model.pt").exists() else None
+    run = train_or_reuse(config, out)
     trained = time.perf_counter() - start
-    table = evaluate_run(out)
+    table = evaluate_run(run)
     text = render_table(table)
     (out / "table.md").write_text(text + "\n", encoding="utf-8")
     print(text)
     print("\n" + summary(table))
-    if run is not None and run.importance:
+    if run.importance:
         print("importance weights (softmax of omega): "
               + ", ".join(f"{m} {w:.3f}" for m, w in run.importance.items()))  # fmt: skip
     print(f"trained in {trained:.0f} s, evaluated in {time.perf_counter() - start - trained:.0f} s; "

@@ -41,10 +41,8 @@ Command line (also reachable through ``mckd-lab run`` / ``mckd-lab sweep``)::
     python -m mckd_lab.experiments sweep SPEC.yaml [--workers N] [--out DIR]
     python -m mckd_lab.experiments strip notebooks/*.ipynb [--check]
 
-Notebook helpers, so that notebook cells stay one call each: `brats_config` (a Binder-sized BraTS config from
-a notebook's parameters; ADNI's is ``mckd_lab.classification.adni_config``), `prepare_run` (the run folder and
-its data), `train_or_reuse` (running a notebook again reuses or restarts its run), `load_or_train` and
-`split_cases`.
+The notebook helpers (``brats_config``, ``prepare_run``, ``train_or_reuse``, ``load_or_train``,
+``split_cases``) are ``mckd_lab.recipes``'s; they are re-exported here for code written before they moved.
 
 papermill (and through it jupyter_client) is imported inside the functions that execute notebooks, so
 importing this module stays light and free of Jupyter.
@@ -68,6 +66,16 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from mckd_lab.recipes import brats_config, load_or_train, prepare_run, split_cases, train_or_reuse
+from mckd_lab.rundir import write_json_atomic
+from mckd_lab.runs import load_results
+
+__all__ = [
+    "NotebookError", "ParameterError", "add_subcommands", "brats_config", "check_parameters", "load_or_train",
+    "load_results", "load_spec", "notebook_parameters", "prepare_run", "run_notebook", "split_cases", "sweep",
+    "train_or_reuse",
+]  # fmt: skip
 
 RUN_DIR = "run_dir"  # the parameter naming where a notebook writes its run
 LIVE = "live"  # the parameter choosing live widgets (True) or static figures (False)
@@ -278,7 +286,7 @@ def run_notebook(
 
 # ---------------------------------------------------------------------------------------------- sweeps
 @dataclass(frozen=True)
-class Run:
+class SweepRun:
     """One run of a sweep: a notebook and its full parameter set (seed included)."""
 
     name: str
@@ -291,7 +299,7 @@ class Run:
 class Sweep:
     name: str
     out: Path
-    runs: list[Run]
+    runs: list[SweepRun]
     timeout: float | None = None
     seed_parameter: str = "seed"
 
@@ -323,7 +331,7 @@ def load_spec(spec: str | Path | dict, out_dir: str | Path | None = None) -> Swe
         raise ValueError(f"{where}: 'runs' must list at least one entry with a 'notebook'")
     name = raw.get("name", default_name)
     seed_parameter = raw.get("seed_parameter", "seed")
-    runs: dict[str, Run] = {}
+    runs: dict[str, SweepRun] = {}
     for i, entry in enumerate(raw["runs"]):
         here = f"{where}: runs[{i}]"
         _unknown(entry, RUN_KEYS, here)
@@ -352,16 +360,9 @@ def load_spec(spec: str | Path | dict, out_dir: str | Path | None = None) -> Swe
                     raise ValueError(
                         f"{here}: two runs are both named {run_name!r}; make the grid entries differ"
                     )
-                runs[run_name] = Run(run_name, notebook, params, seed)
+                runs[run_name] = SweepRun(run_name, notebook, params, seed)
     out = Path(out_dir or raw.get("out") or Path("runs") / "sweeps" / name)
     return Sweep(name, out, list(runs.values()), raw.get("timeout"), seed_parameter)
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON through a temporary file and a rename, so a reader never sees half a file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    os.replace(tmp, path)
 
 
 def flatten(data: dict, prefix: str = "") -> dict[str, Any]:
@@ -375,7 +376,7 @@ def flatten(data: dict, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def _execute(run: Run, folder: Path, timeout: float | None, threads: int | None) -> dict:
+def _execute(run: SweepRun, folder: Path, timeout: float | None, threads: int | None) -> dict:
     """Run one sweep entry; never raises for a notebook failure (the pool must go on)."""
     if threads:  # a kernel inherits this process's environment: share the cores between workers
         for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
@@ -389,14 +390,14 @@ def _execute(run: Run, folder: Path, timeout: float | None, threads: int | None)
     except Exception as err:  # noqa: BLE001 - any failure of a run is recorded, reported and retried
         error = f"{type(err).__name__}: {err}"
         tb = "".join(traceback.format_exception(err))
-        write_json_atomic(folder / "error.json", {**record, "seconds": time.perf_counter() - start,
-                                                  "error": error, "traceback": tb})  # fmt: skip
+        write_json_atomic({**record, "seconds": time.perf_counter() - start, "error": error, "traceback": tb},
+                          folder / "error.json")
         return {"run": run.name, "status": "failed", "error": error}
-    write_json_atomic(folder / "done.json", {**record, "seconds": time.perf_counter() - start})
+    write_json_atomic({**record, "seconds": time.perf_counter() - start}, folder / "done.json")
     return {"run": run.name, "status": "done", "error": ""}
 
 
-def _row(run: Run, folder: Path, cached: bool) -> dict:
+def _row(run: SweepRun, folder: Path, cached: bool) -> dict:
     done, failed = folder / "done.json", folder / "error.json"
     status_file = done if done.is_file() else failed if failed.is_file() else None
     info = json.loads(status_file.read_text()) if status_file else {}
@@ -472,7 +473,7 @@ def sweep(
     table = pd.DataFrame(rows)
     table.to_csv(plan.out / "results.csv", index=False)
     clean = [{k: None if isinstance(v, float) and math.isnan(v) else v for k, v in r.items()} for r in rows]
-    write_json_atomic(plan.out / "results.json", {"sweep": plan.name, "runs": clean})
+    write_json_atomic({"sweep": plan.name, "runs": clean}, plan.out / "results.json")
     if failures:
         print(
             f"sweep {plan.name}: {len(failures)} of {len(plan.runs)} runs failed (see error.json in each run "
@@ -480,167 +481,6 @@ def sweep(
             file=sys.stderr,
         )
     return table
-
-
-def load_results(path: str | Path):
-    """The results table of a finished sweep: a sweep folder or its ``results.csv``, as a DataFrame."""
-    import pandas as pd
-
-    path = Path(path)
-    csv = path / "results.csv" if path.is_dir() else path
-    if not csv.is_file():
-        raise FileNotFoundError(f"no sweep results at {csv}; run `mckd-lab sweep SPEC.yaml` first")
-    return pd.read_csv(csv)
-
-
-# ---------------------------------------------------------------------------------------------- notebook runs
-RUN_FILES = ("config.json", "splits.json", "history.jsonl", "checkpoint.pt", "model.pt", "metrics.json",
-             "scaler.json")  # fmt: skip
-
-
-def brats_config(
-    data: str | Path | None = None,
-    *,
-    method: str = "mckd",
-    iterations: int = 200,
-    seed: int = 0,
-    cases: int = 16,
-    size: int = 32,
-    device: str = "cpu",
-    **overrides,
-):
-    """A validated BraTS ``RunConfig`` sized for a laptop or Binder (notebook 01's parameters).
-
-    ``data``: a BraTS folder, or None for ``cases`` phantoms of ``size``^3 (phantom seed 0) generated in the
-    run. ``size`` is also the training crop. The data and its split stay fixed (seed 0) while ``seed`` seeds
-    the training, so seeds compare like with like. The first 40 % of the iterations keep every modality
-    (reference: 80k of 115k); a meta round every ``iterations // 20`` iterations on 2 held-out batches and an
-    LCKD election every ``iterations // 5`` (reference: 100-500 and 2 held-out cases); 2 held-out cases, a
-    quarter of the cases for testing. ``device``: ``cpu`` or ``cuda[:N]``. ``overrides``: dotted keys, e.g.
-    ``**{"optim.lr": 3e-3}``.
-    Raises ValueError naming the field when a value is invalid.
-    """
-    from mckd_lab.config import RunConfig
-
-    every = max(1, iterations // 20)
-    base = {
-        "data.root": None if not data else str(data), "data.phantom_cases": cases, "data.phantom_size": size,
-        "data.crop": [size] * 3, "data.heldout_cases": 2, "data.test_fraction": 0.25,
-        "method.name": method, "method.meta_every_warmup": every, "method.meta_every_missing": every,
-        "method.meta_batches": 2, "method.elect_every": 4 * every,
-        "optim.iterations": iterations, "optim.warmup_iterations": 2 * iterations // 5, "runtime.seed": seed,
-        "runtime.device": device,
-    }  # fmt: skip
-    return RunConfig().with_overrides(base | overrides).validate()
-
-
-def _clear_other_run(config, run_dir: Path) -> None:
-    import shutil
-
-    saved = run_dir / "config.json"
-    old = json.loads(saved.read_text()) if saved.is_file() else None
-    if old == config.to_dict() or (old is None and not (run_dir / "history.jsonl").is_file()):
-        return
-    print(f"{run_dir} held a run with another configuration: starting it again", file=sys.stderr)
-    for name in RUN_FILES:
-        (run_dir / name).unlink(missing_ok=True)
-    if old is not None and old.get("data") != config.to_dict()["data"]:
-        shutil.rmtree(run_dir / "phantoms", ignore_errors=True)
-
-
-def prepare_run(config, run_dir: str | Path) -> Path:
-    """Make ``run_dir`` ready for ``config`` and return its data (BraTS folder or ADNIMERGE CSV).
-
-    A run of another configuration found there is removed (its ``RUN_FILES``; generated phantoms too when the
-    data section changed), and said so, so that running a notebook again with new parameters just works.
-    Phantoms or a synthetic cohort are generated on first use, as training would.
-    """
-    run_dir = Path(run_dir)
-    _clear_other_run(config, run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if config.data.task == "brats":
-        from mckd_lab.tasks import phantoms_folder
-
-        return Path(config.data.root) if config.data.root else phantoms_folder(config.data, run_dir)
-    from mckd_lab.classification import data_path
-
-    return data_path(config.data, run_dir)
-
-
-def train_or_reuse(config, run_dir: str | Path, **train_kwargs):
-    """Train ``config`` into ``run_dir`` so that running a notebook again just works; returns the ``Run``.
-
-    A run of the same config found there is reused (an interrupted one continues from its checkpoint, a
-    finished one returns at once); one of another config is cleared first (`prepare_run`).
-    ``train_kwargs`` go to ``mckd_lab.train.train`` (e.g. ``callbacks``).
-    """
-    from mckd_lab.train import load_run, train
-
-    run_dir = Path(run_dir)
-    _clear_other_run(config, run_dir)
-    if (run_dir / "config.json").is_file():
-        if (run_dir / "model.pt").is_file():
-            return load_run(run_dir)
-        if (run_dir / "checkpoint.pt").is_file():
-            return train(config, run_dir, resume=True, **train_kwargs)
-    for name in RUN_FILES:  # a run stopped before its first checkpoint: start it again
-        (run_dir / name).unlink(missing_ok=True)
-    return train(config, run_dir, **train_kwargs)
-
-
-def load_or_train(source_run: str | Path, config):
-    """The finished run at ``source_run``; if there is none yet (no ``model.pt``), ``config`` is trained there
-    first (`train_or_reuse`). Notebooks 3 and 4 point at notebook 1's run folder this way: they reuse its run,
-    or train the one notebook 1 would, where notebook 1 will find it."""
-    from mckd_lab.train import load_run
-
-    source_run = Path(source_run)
-    return load_run(source_run) if (source_run / "model.pt").is_file() else train_or_reuse(config, source_run)
-
-
-@dataclass(frozen=True)
-class Subject:
-    """One ADNI subject as a run sees it: ``image`` {modality: float32 (F_m,)} scaled with the run's scaler
-    (zeros where absent), ``present`` bool (M,), ``target`` class id (CN 0, MCI 1, AD 2), ``case_id``
-    ``"<RID>_<VISCODE>"``. The fields match ``Case``'s, so views take either."""
-
-    case_id: str
-    image: dict
-    present: Any
-    target: int
-
-
-def split_cases(run, split: str = "test") -> list:
-    """The cases of one split of a run (``splits.json``), read from the run's data: BraTS ``Case`` objects
-    (``mckd_lab.data.brats.load_case``), or ADNI `Subject` objects."""
-    names = json.loads((Path(run.run_dir) / "splits.json").read_text())[split]
-    if run.config.data.task == "brats":
-        from mckd_lab.data.brats import load_case, scan_folder
-
-        root = Path(run.config.data.root) if run.config.data.root else Path(run.run_dir) / "phantoms"
-        by_id = {Path(d).name: d for d in scan_folder(root)[1]}
-        return [load_case(by_id[name]) for name in names]
-    import numpy as np
-
-    from mckd_lab.classification import data_path, load_scaler, restrict
-    from mckd_lab.data.adni import AdniDataset
-    from mckd_lab.tasks import make_task
-
-    task = make_task(run.config.data.task)
-    table = task.read_table(data_path(run.config.data, run.run_dir))
-    table = restrict(table, task.keep_mask(run.config.data))
-    rows = np.flatnonzero(np.isin(table.rid, [int(r) for r in names]))
-    scaler = load_scaler(Path(run.run_dir) / "scaler.json")
-    ds = AdniDataset(table, rows, scaler, run.config.data.t1_size)
-    return [
-        Subject(
-            ds.case_ids[i],
-            {m: x[i].numpy() for m, x in ds.inputs.items()},
-            ds.present[i].numpy(),
-            int(ds.target[i]),
-        )  # fmt: skip
-        for i in range(len(ds))
-    ]
 
 
 # ---------------------------------------------------------------------------------------------- outputs

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import combinations
 from pathlib import Path
@@ -37,11 +37,12 @@ import torch
 from captum.attr import FeatureAblation, IntegratedGradients, Occlusion, ShapleyValues, ShapleyValueSampling
 from torch import nn
 
-from mckd_lab.data.brats import Case, load_case
-from mckd_lab.evaluate import dice
+from mckd_lab.data.brats import Case
 from mckd_lab.infer import OVERLAP, THRESHOLD, SubsetPredictor, predict_subsets, sliding_window
+from mckd_lab.metrics import dice
 
 Image = np.ndarray | torch.Tensor | dict[str, torch.Tensor]
+Probabilities = Callable[[torch.Tensor], torch.Tensor]  # logits -> probabilities, the task's rule
 
 
 def exact_shapley(
@@ -148,19 +149,22 @@ class ModalityShapley:
         }
 
 
-def _subset_probabilities(model: nn.Module, image: Image, subsets, roi: Sequence[int] | None) -> torch.Tensor:
+def _subset_probabilities(
+    model: nn.Module, image: Image, subsets, roi: Sequence[int] | None, probabilities: Probabilities
+) -> torch.Tensor:
     """(S, C, *spatial) probabilities of one case (volume (M, D, H, W) through sliding windows of ``roi``, or
     a dict of tabular vectors {modality: (F_m,)}) for every subset, encoding once."""
     if isinstance(image, dict):
         with torch.inference_mode():
             model.eval()
-            out = SubsetPredictor(model, subsets)({k: torch.as_tensor(v)[None] for k, v in image.items()})
+            batch = {k: torch.as_tensor(v)[None] for k, v in image.items()}
+            out = SubsetPredictor(model, subsets, probabilities)(batch)
         return out.view(len(subsets), -1).cpu()
     if roi is None:
         raise ValueError(
             "a volume needs the sliding-window size roi (the training crop size), e.g. (48, 48, 48)"
         )
-    return predict_subsets(model, image, subsets, roi)
+    return predict_subsets(model, image, subsets, roi, probabilities=probabilities)
 
 
 def _check_value(value: str) -> None:
@@ -200,6 +204,8 @@ class ExactModalityShapley:
         model: a network following the model contract; ``model.modalities`` names the M modalities.
         outputs: names of the K output channels: regions in network order (ET, WT, TC) or class names.
         value: ``dice`` or ``probability`` (see ``ModalityShapley``).
+        probabilities: the task's logits -> probabilities rule (``Task.probabilities``); default sigmoid per
+            region (segmentation); a classifier's is softmax over classes.
 
     Example::
 
@@ -207,9 +213,16 @@ class ExactModalityShapley:
         result = shapley.attribute(case.image, case.present, case.target, roi=(48, 48, 48))
     """
 
-    def __init__(self, model: nn.Module, *, outputs: Sequence[str], value: str = "dice"):
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        outputs: Sequence[str],
+        value: str = "dice",
+        probabilities: Probabilities = torch.sigmoid,
+    ):
         _check_value(value)
-        self.model, self.outputs, self.value = model, outputs, value
+        self.model, self.outputs, self.value, self.probabilities = model, outputs, value, probabilities
 
     def attribute(
         self,
@@ -232,7 +245,7 @@ class ExactModalityShapley:
         """
         present = tuple(bool(p) for p in present)
         subsets = subsets_of(present)
-        v = _values(_subset_probabilities(self.model, image, subsets, roi), self.value, target)
+        v = _values(_subset_probabilities(self.model, image, subsets, roi, self.probabilities), self.value, target)
         phi = exact_shapley(dict(zip(subsets, v, strict=True)), present)
         return ModalityShapley(
             tuple(self.model.modalities), tuple(self.outputs), phi.T, v[0], v[-1], present, self.value
@@ -249,9 +262,17 @@ class ModalityGame(nn.Module):
     Forward: volumes (B, M, D, H, W), or M tabular tensors (B, F_m) in card order -> float64 (B, K).
     """
 
-    def __init__(self, model, value: str, target: np.ndarray | None = None, roi: Sequence[int] | None = None):
+    def __init__(
+        self,
+        model,
+        value: str,
+        target: np.ndarray | None = None,
+        roi: Sequence[int] | None = None,
+        probabilities: Probabilities = torch.sigmoid,
+    ):
         super().__init__()
         self.model, self.value, self.target, self.roi = model, value, target, roi
+        self.probabilities = probabilities
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
         names = self.model.modalities
@@ -263,7 +284,7 @@ class ModalityGame(nn.Module):
             else:
                 image = {m: t[b] for m, t in zip(names, inputs, strict=True)}
                 subset = tuple(bool(t[b].abs().amax() > 0) for t in inputs)
-            probs = _subset_probabilities(self.model, image, [subset], self.roi)
+            probs = _subset_probabilities(self.model, image, [subset], self.roi, self.probabilities)
             rows.append(torch.as_tensor(_values(probs, self.value, self.target)[0]))
         return torch.stack(rows)
 
@@ -283,6 +304,7 @@ class CaptumModalityShapley:
             (the class: it is built around each case's game).
         n_samples: permutations per output for ``ShapleyValueSampling``; the other two enumerate and do not
             use it.
+        probabilities: as for ``ExactModalityShapley``.
     """
 
     ALGORITHMS = (FeatureAblation, ShapleyValueSampling, ShapleyValues)
@@ -295,6 +317,7 @@ class CaptumModalityShapley:
         value: str = "dice",
         algorithm: type = ShapleyValueSampling,
         n_samples: int = 25,
+        probabilities: Probabilities = torch.sigmoid,
     ):
         if algorithm not in self.ALGORITHMS:
             raise ValueError(
@@ -304,7 +327,7 @@ class CaptumModalityShapley:
         _check_value(value)
         _check_positive(n_samples=n_samples)
         self.model, self.outputs, self.value = model, outputs, value
-        self.algorithm, self.n_samples = algorithm, n_samples
+        self.algorithm, self.n_samples, self.probabilities = algorithm, n_samples, probabilities
 
     def attribute(
         self,
@@ -325,7 +348,7 @@ class CaptumModalityShapley:
             ``ModalityShapley`` with ``values`` (K, M) and ``method`` the Captum class's name.
         """
         names = tuple(self.model.modalities)
-        game = ModalityGame(self.model, self.value, target, roi)
+        game = ModalityGame(self.model, self.value, target, roi, self.probabilities)
         # a zero input is a missing modality: zeroing the ones outside present keeps them out of the game
         keep = [True] * len(names) if present is None else [bool(p) for p in present]
         tabular = isinstance(image, dict)
@@ -635,10 +658,12 @@ def modality_shapley(
     target: np.ndarray | None = None,
     value: str = "dice",
     roi: Sequence[int] | None = None,
+    probabilities: Probabilities = torch.sigmoid,
 ) -> ModalityShapley:
-    """Function form of ``ExactModalityShapley``:
-    ``ExactModalityShapley(model, outputs=outputs, value=value).attribute(image, present, target, roi)``."""
-    return ExactModalityShapley(model, outputs=outputs, value=value).attribute(image, present, target, roi)
+    """Function form of ``ExactModalityShapley``: ``ExactModalityShapley(model, outputs=outputs, value=value,
+    probabilities=probabilities).attribute(image, present, target, roi)``."""
+    explainer = ExactModalityShapley(model, outputs=outputs, value=value, probabilities=probabilities)
+    return explainer.attribute(image, present, target, roi)
 
 
 def captum_modality_attribution(
@@ -650,12 +675,14 @@ def captum_modality_attribution(
     roi: Sequence[int] | None = None,
     method: str = "sampling",
     n_samples: int = 25,
+    probabilities: Probabilities = torch.sigmoid,
 ) -> ModalityShapley:
     """Function form of ``CaptumModalityShapley`` with ``algorithm=CAPTUM_METHODS[method]`` (``ablation``:
     ``FeatureAblation``, ``sampling``: ``ShapleyValueSampling``, ``shapley``: ``ShapleyValues``) and no
     ``present``: the players are the modalities whose input is not all zero."""
     return CaptumModalityShapley(
-        model, outputs=outputs, value=value, algorithm=CAPTUM_METHODS[method], n_samples=n_samples
+        model, outputs=outputs, value=value, algorithm=CAPTUM_METHODS[method], n_samples=n_samples,
+        probabilities=probabilities,
     ).attribute(image, target=target, roi=roi)
 
 
@@ -701,81 +728,3 @@ def tabular_integrated_gradients(
     ``TabularIntegratedGradients(model, n_steps=n_steps).attribute(image, present, target)``."""
     return TabularIntegratedGradients(model, n_steps=n_steps).attribute(image, present, target)
 
-
-# --- a trained run ------------------------------------------------------------------------------------------
-
-
-def explain_run(
-    run_dir: str | Path,
-    case_dir: str | Path | None = None,
-    rid: int | None = None,
-    out: str | Path | None = None,
-    data: str | Path | None = None,
-    n_steps: int = 32,
-) -> dict:
-    """Explain one BraTS case (``case_dir``) or one ADNI subject (``rid``) with a trained run.
-
-    BraTS: exact modality Shapley values per region (value: Dice against the case's labels, or the mean region
-    probability when it has none); with ``out``, Integrated Gradients maps of each region (zero baseline,
-    ``n_steps``) written as NIfTI per modality on the case's grid, plus ``<case>_explain.json``.
-    ADNI: Shapley values per class (class probability) over the subject's modalities, read from ``data`` (an
-    ADNIMERGE CSV; default the run's), and Integrated Gradients per feature for the predicted class.
-
-    Returns JSON-ready ``{"case" | "rid", "shapley", "baseline", "full", "present", "value", "method", ...}``.
-    """
-    from mckd_lab.evaluate import report_regions, write_json_atomic
-    from mckd_lab.infer import run_device
-    from mckd_lab.tasks import make_task
-    from mckd_lab.train import load_run
-
-    run = load_run(run_dir)
-    model, task = run.model.to(run_device(run.config)), make_task(run.config.data.task)
-    if case_dir is not None:
-        card, roi = task.card, run.config.data.crop
-        case = load_case(case_dir, card=card)
-        value = "dice" if case.target is not None else "probability"
-        shapley = ExactModalityShapley(model, outputs=card.region_names, value=value).attribute(
-            case.image, case.present, case.target, roi
-        )
-        result = {"case": case.case_id, **shapley.to_dict()}
-        if out is not None:
-            maps = {}
-            integrated_gradients = VoxelIntegratedGradients(model, outputs=card.region_names, n_steps=n_steps)
-            for region in report_regions(card):
-                ig = integrated_gradients.attribute(case.image, case.present, region, roi)
-                files = ig.save_nifti(case, out, card.modality_names)
-                maps[region] = {"delta": ig.delta, "files": [str(p) for p in files]}
-            result["integrated_gradients"] = maps
-            write_json_atomic(result, Path(out) / f"{case.case_id}_explain.json")
-        return result
-    if rid is None:
-        raise ValueError("name what to explain: a BraTS case folder (--case) or an ADNI subject (--rid)")
-    from mckd_lab.classification import data_path, subject_inputs
-
-    image, present = subject_inputs(run, Path(data) if data else data_path(run.config.data, run.run_dir), rid)
-    sample, present = {m: x[0].to(run_device(run.config)) for m, x in image.items()}, present[0].tolist()
-    shapley = ExactModalityShapley(model, outputs=task.classes, value="probability").attribute(
-        sample, present
-    )
-    predicted = int(np.argmax(shapley.full))
-    ig = TabularIntegratedGradients(model, n_steps=n_steps).attribute(sample, present, predicted)
-    columns = {m.name: [f"{m.name} volume"] if m.kind == "image" else list(m.columns) for m in task.specs}
-    if task.cognitive:
-        columns["clinical"] += list(task.card.header["cognitive_columns"])
-    result = {
-        "rid": int(rid),
-        **shapley.to_dict(),
-        "predicted": task.classes[predicted],
-        "integrated_gradients": {
-            "class": task.classes[predicted],
-            "delta": ig.delta,
-            "per_modality": ig.per_modality,
-            "features": {
-                m: dict(zip(columns[m], map(float, a), strict=True)) for m, a in ig.features.items()
-            },
-        },
-    }
-    if out is not None:
-        Path(out).mkdir(parents=True, exist_ok=True)
-        write_json_atomic(result, Path(out) / f"rid{int(rid)}_explain.json")
-    return result

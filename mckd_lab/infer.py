@@ -6,11 +6,13 @@ overlap 1/3, sigmoid, threshold 0.5. Window probabilities (not logits) are avera
 Encode once, decode per subset: ``SubsetPredictor`` runs the encoder once per window (every modality, plus the
 zero-input response once) and the decoder once per requested subset, returning all subsets' probabilities
 stacked on the channel axis. One sliding-window pass therefore yields the whole all-subsets table of a case.
+Logits become probabilities through the task's rule (``Task.probabilities``: sigmoid per region for
+segmentation, the default here; softmax over classes for classification), handed in by the caller.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,9 +21,8 @@ import torch
 from monai.inferers import sliding_window_inference
 from torch import nn
 
-from mckd_lab.data.brats import Case, load_case, write_segmentation
+from mckd_lab.data.brats import Case
 from mckd_lab.data.cards import Card, load_card
-from mckd_lab.data.missing import parse_subset
 from mckd_lab.models.network import Encoded
 
 OVERLAP = 1 / 3
@@ -69,16 +70,23 @@ class SubsetPredictor(nn.Module):
     Args:
         model: a network following the model contract (``encode``, ``encode_zero``, ``decode``).
         subsets: S presence masks of M bools.
+        probabilities: logits (N, C, ...) -> probabilities, the task's rule (default: sigmoid per region).
         decode_batch: most samples (subsets x windows) per decoder call. Small is faster on CPU (measured:
             4 beats 16 and 64 at 48^3 windows, memory-bound); a GPU may prefer more.
 
     Forward: image (B, M, *roi) (or a dict of tabular (B, F_m)) -> probabilities (B, S * C, *roi),
-    subset-major; sigmoid per region for segmentation (C = 3), softmax over classes for classification.
+    subset-major.
     """
 
-    def __init__(self, model: nn.Module, subsets: Sequence[Sequence[bool]], decode_batch: int = 4):
+    def __init__(
+        self,
+        model: nn.Module,
+        subsets: Sequence[Sequence[bool]],
+        probabilities: Callable[[torch.Tensor], torch.Tensor] = torch.sigmoid,
+        decode_batch: int = 4,
+    ):
         super().__init__()
-        self.model, self.decode_batch = model, decode_batch
+        self.model, self.decode_batch, self.probabilities = model, decode_batch, probabilities
         self.subsets = torch.tensor([[bool(p) for p in s] for s in subsets])
         self._zero = {}
 
@@ -103,14 +111,9 @@ class SubsetPredictor(nn.Module):
             stacked = enc if k == 1 else Encoded(enc.bottleneck.repeat(k, *[1] * (enc.bottleneck.ndim - 1)),
                                                  [s.repeat(k, *[1] * (s.ndim - 1)) for s in enc.skips])  # fmt: skip
             logits = self.model.decode(stacked.where(keep, zero), present).logits
-            probs = probabilities(logits).view(k, batch, *logits.shape[1:]).transpose(0, 1)
+            probs = self.probabilities(logits).view(k, batch, *logits.shape[1:]).transpose(0, 1)
             outs.append(probs.reshape(batch, -1, *logits.shape[2:]))
         return torch.cat(outs, 1)
-
-
-def probabilities(logits: torch.Tensor) -> torch.Tensor:
-    """Segmentation logits (B, 3, *s) -> sigmoid per region; classification logits (B, K) -> softmax."""
-    return torch.softmax(logits, 1) if logits.ndim == 2 else torch.sigmoid(logits)
 
 
 def sliding_window(
@@ -132,6 +135,7 @@ def predict_subsets(
     overlap: float = OVERLAP,
     sw_batch_size: int = 4,
     decode_batch: int = 4,
+    probabilities: Callable[[torch.Tensor], torch.Tensor] = torch.sigmoid,
 ) -> torch.Tensor:
     """Probabilities of one case for every subset, from one encode-once sliding-window pass.
 
@@ -139,15 +143,15 @@ def predict_subsets(
         image: (M, D, H, W) normalised volume (missing modalities zero), e.g. ``Case.image``.
         subsets: S presence masks (see ``SubsetPredictor``; all False = nothing present).
         roi: window (D, H, W), the training crop size.
-        sw_batch_size: windows per encoder call; decode_batch: see ``SubsetPredictor``.
+        sw_batch_size: windows per encoder call; decode_batch, probabilities: see ``SubsetPredictor``.
 
     Returns:
-        float32 (S, C, D, H, W) on the CPU, sigmoid probabilities per region (C = 3: ET, WT, TC).
+        float32 (S, C, D, H, W) on the CPU, e.g. sigmoid probabilities per region (C = 3: ET, WT, TC).
     """
     model.eval()
     device = next(model.parameters()).device
     x = torch.as_tensor(np.asarray(image) if not torch.is_tensor(image) else image, dtype=torch.float32)
-    predictor = SubsetPredictor(model, subsets, decode_batch)
+    predictor = SubsetPredictor(model, subsets, probabilities, decode_batch)
     out = sliding_window(predictor, x[None].to(device), roi, overlap, sw_batch_size)
     return out[0].view(len(subsets), -1, *x.shape[1:]).float().cpu()
 
@@ -162,6 +166,20 @@ class Prediction:
     regions: np.ndarray
     labels: np.ndarray
     present: tuple[bool, ...]
+    written: Path | None = None  # the NIfTI file the labels were written to, if any
+
+    def voxel_counts(self) -> dict[int, int]:
+        """{label value: number of voxels} of ``labels``."""
+        values, counts = np.unique(self.labels, return_counts=True)
+        return dict(zip(values.tolist(), counts.tolist(), strict=True))
+
+    def to_dict(self) -> dict:
+        return {"written": None if self.written is None else str(self.written), "present": list(self.present),
+                "voxel_counts": self.voxel_counts()}  # fmt: skip
+
+    def __str__(self) -> str:
+        where = f"wrote {self.written} " if self.written is not None else ""
+        return f"{where}(labels and voxel counts: {self.voxel_counts()})"
 
 
 def predict_case(
@@ -189,27 +207,6 @@ def predict_case(
     probs = predict_subsets(model, case.image, [present], roi, overlap)[0].numpy()
     regions = probs > THRESHOLD
     return Prediction(probs, regions, regions_to_labels(regions, card), present)
-
-
-def predict_run(
-    run_dir: str | Path, case_dir: str | Path, out: str | Path, present: str | Sequence[bool] | None = None
-) -> Prediction:
-    """Predict a BraTS case folder with a trained run and write the labels as NIfTI on the input's grid.
-
-    ``present``: modality names joined by ``,`` or ``+`` (``"flair,t1ce"``), a mask, or None for every
-    modality the case has. The window is the run's training crop (``data.crop``); the file at ``out`` has the
-    case's original shape and affine and the layout's label values (``write_segmentation``).
-    """
-    from mckd_lab.train import load_run  # here: the trainer may come to use this module
-
-    run, card = load_run(run_dir), load_card("brats")
-    case = load_case(case_dir, card=card)
-    if isinstance(present, str):
-        present = parse_subset(present, card.modality_names)
-    model = run.model.to(run_device(run.config))
-    prediction = predict_case(model, case, run.config.data.crop, present, card)
-    write_segmentation(prediction.labels, case, out, card)
-    return prediction
 
 
 def run_device(config) -> torch.device:

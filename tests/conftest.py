@@ -21,3 +21,9 @@ def t1_cohort(tmp_path_factory):
     """A generated ADNIMERGE CSV of 120 subjects with baseline T1 volumes of 32^3 (task adni-t1), ~3 s."""
     folder = tmp_path_factory.mktemp("adni_t1")
     return generate_cohort(folder / "ADNIMERGE_t1.csv", subjects=120, seed=3, t1_size=32)
+
+
+@pytest.fixture(scope="session")
+def adni_cohort(tmp_path_factory):
+    """A generated ADNIMERGE CSV of 300 subjects (seed 3), shared by every test that trains on ADNI."""
+    return generate_cohort(tmp_path_factory.mktemp("adni_cohort") / "ADNIMERGE_task.csv", subjects=300, seed=3)

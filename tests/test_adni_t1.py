@@ -15,8 +15,8 @@ from mckd_lab.cli import main
 from mckd_lab.data.adni import AdniDataset, AdniFormatError, FeatureScaler, load_adni, read_adnimerge
 from mckd_lab.data.phantoms import phantom_affine
 from mckd_lab.data.t1_volumes import read_t1
-from mckd_lab.explain import explain_run
 from mckd_lab.models.classifier import VolumeEncoder, build_classification_network
+from mckd_lab.runs import explain_run
 from mckd_lab.tasks import make_task
 from mckd_lab.train import train
 

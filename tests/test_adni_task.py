@@ -2,14 +2,13 @@
 every strategy through the trainer, exact resume, evaluation tables end to end, prediction, and quality."""
 
 import dataclasses
-import io
 import json
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-from torch.utils.data import default_collate
+import torch.nn.functional as F
 
 from mckd_lab.classification import (
     adni_config,
@@ -22,11 +21,11 @@ from mckd_lab.classification import (
     predict_subject,
     render_table,
 )
-from mckd_lab.config import MethodConfig, ModelConfig, RunConfig
+from mckd_lab.config import RunConfig
 from mckd_lab.data.adni import AdniDataset, FeatureScaler, load_adni, read_adnimerge
 from mckd_lab.data.cohort import generate_cohort
 from mckd_lab.data.missing import all_subsets, subset_name
-from mckd_lab.method.strategies import STRATEGIES, StepContext, make_strategy
+from mckd_lab.method.strategies import STRATEGIES
 from mckd_lab.models.classifier import build_classification_network
 from mckd_lab.tasks import make_task
 from mckd_lab.train import load_checkpoint, train
@@ -41,8 +40,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def cohort(tmp_path_factory):
-    return generate_cohort(tmp_path_factory.mktemp("adni_task") / "ADNIMERGE_task.csv", subjects=300, seed=3)
+def cohort(adni_cohort):
+    return adni_cohort
 
 
 @pytest.fixture(scope="module")
@@ -85,54 +84,11 @@ def test_metrics_by_hand():
 def test_task_options_and_refusals():
     assert make_task("adni").in_features() == {"imaging": 8, "genetic": 1, "clinical": 3, "biospecimen": 3}
     assert make_task("adni-cognitive").in_features()["clinical"] == 3 + 5  # MMSE, CDRSB, ADAS11, ADAS13, FAQ
+    adni = RunConfig().with_overrides({"data.task": "adni"})
     with pytest.raises(ValueError, match="the ADNI tasks have their own encoders"):
-        make_task("adni").build_model(ModelConfig(backbone="reference"))
+        make_task("adni").validated(adni.with_overrides({"model.backbone": "reference"}))
     with pytest.raises(ValueError, match="mri is not an ADNI modality"):
-        make_task("adni").keep_mask(dataclasses.replace(RunConfig().data, modalities=("mri",)))
-
-
-# --- the strategy conformance checks, on ADNI batches ---------------------------------------------------------
-
-
-def _context(cohort, iteration, task_name="adni", stage="missing"):
-    torch.manual_seed(0)
-    task = make_task(task_name)
-    data = load_adni(cohort, t1=task.t1)
-    model = task.build_model(ModelConfig(channels=(8, 8)))
-    batch = default_collate([data.dataset("train")[i] for i in range(8)])
-    heldout = default_collate([data.dataset("val")[i] for i in range(8)])
-    return StepContext(iteration, stage, model, task, batch, 1e-2, 0.1, lambda k: heldout,
-                       torch.Generator().manual_seed(0))  # fmt: skip
-
-
-@pytest.mark.parametrize("task_name", ["adni", "adni-t1"])
-@pytest.mark.parametrize("name", sorted(STRATEGIES))
-def test_strategy_conformance_on_adni(cohort, t1_cohort, task_name, name):
-    csv, mods = (t1_cohort if task_name == "adni-t1" else cohort), make_task(task_name).modalities
-    config = MethodConfig(meta_every_warmup=2, meta_every_missing=2, elect_every=2, meta_batches=1)
-    strategy = make_strategy(name, mods, config)
-    c = strategy.pair_weights()
-    assert c.shape == (4, 4) and not c.requires_grad and torch.isfinite(c).all() and (c >= 0).all()
-    assert strategy.update(_context(csv, 0, task_name)) == {}  # not due
-    ctx = _context(csv, 1, task_name)
-    before = {k: v.clone() for k, v in ctx.model.state_dict().items()}
-    record = strategy.update(ctx)
-    assert all(torch.equal(before[k], v) for k, v in ctx.model.state_dict().items())
-    json.dumps(record)
-    if name == "lckd":  # elected by single-modality balanced accuracy on the held-out batch
-        scores = record["scores"]["balanced_accuracy"]
-        assert set(scores) == set(mods) and all(0 <= v <= 1 for v in scores.values())
-        assert record["teachers"] == [max(mods, key=scores.get)]
-    elif name.startswith("mckd"):
-        assert set(record["importance"]) == set(mods) and any(v != 0 for v in record["omega"])
-    else:
-        assert record == {}
-    buffer = io.BytesIO()
-    torch.save(strategy.state_dict(), buffer)
-    buffer.seek(0)
-    clone = make_strategy(name, mods, config)
-    clone.load_state_dict(torch.load(buffer, weights_only=True))
-    assert torch.equal(clone.pair_weights(), strategy.pair_weights())
+        make_task("adni").validated(adni.with_overrides({"data.modalities": ["mri"]}))
 
 
 @pytest.mark.parametrize("name", sorted(STRATEGIES))
@@ -152,9 +108,13 @@ def test_every_strategy_trains_on_adni(cohort, tmp_path, name):
 
 def test_class_weights_and_heldout_from_the_splits(cohort, tmp_path):
     task, data = make_task("adni"), load_adni(cohort)
-    splits = task.datasets(dataclasses.replace(RunConfig().data, task="adni", root=str(cohort)), tmp_path)
+    splits = task.setup(dataclasses.replace(RunConfig().data, task="adni", root=str(cohort)), tmp_path)
     counts = np.bincount(data.table.target[data.splits["train"]], minlength=3)
-    np.testing.assert_allclose(task.class_weights.numpy(), counts.sum() / (3 * counts), rtol=1e-6)
+    # the run's loss is cross-entropy weighted N / (K n_c), fitted on the training split
+    logits, target = torch.randn(7, 3, generator=torch.Generator().manual_seed(0)), torch.tensor([0, 1, 2, 2, 1, 0, 1])
+    weight = torch.tensor(counts.sum() / (3 * counts), dtype=torch.float32)
+    torch.testing.assert_close(splits.loss(logits, target), F.cross_entropy(logits, target, weight=weight))
+    assert set(splits.files) == {"scaler.json"}
     assert len(splits.train) == len(data.splits["train"])
     assert splits.heldout.present.all()  # the val + meta subjects having every modality
     full = data.table.present.all(1)

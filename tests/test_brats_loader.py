@@ -9,7 +9,7 @@ import shutil
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest_brats import AFFINE, CASE_IDS, SHAPE, synthetic_volumes, tree_hashes, write_case
+from brats_files import AFFINE, CASE_IDS, SHAPE, synthetic_volumes, tree_hashes, write_case
 
 from mckd_lab.data.brats import (
     AXES,

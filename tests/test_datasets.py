@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest_brats import CASE_IDS, synthetic_volumes, write_case
+from brats_files import CASE_IDS, synthetic_volumes, write_case
 
 import mckd_lab.data.datasets as datasets
 from mckd_lab.data.brats import BratsError

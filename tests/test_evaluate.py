@@ -21,7 +21,8 @@ from mckd_lab.evaluate import (
     render_table,
     write_json_atomic,
 )
-from mckd_lab.infer import predict_case, predict_run
+from mckd_lab.infer import predict_case
+from mckd_lab.runs import predict_run
 from mckd_lab.train import train
 
 
@@ -84,7 +85,8 @@ def _table() -> SubsetTable:
 
 def test_table_json_layout_and_means(tmp_path):
     out = _table().to_dict()
-    assert list(out) == ["protocol", "regions", "modalities", "cases", "subsets", "mean"]
+    assert list(out) == ["task", "protocol", "regions", "modalities", "cases", "subsets", "mean"]
+    assert out["task"] == "brats"
     assert [r["subset"] for r in out["subsets"]] == ["flair", "t1ce", "flair+t1ce"]
     assert out["subsets"][1]["present"] == {"flair": False, "t1ce": True}
     assert out["subsets"][0]["dice"] == {"ET": 0.4, "TC": 0.5, "WT": 0.6}  # mean of the 2 cases
@@ -185,14 +187,14 @@ def test_evaluate_run_on_another_folder_leaves_out_the_runs_training_cases(tiny_
 
 def test_predict_run_writes_the_segmentation_on_the_case_grid(tiny_run, tmp_path):
     case_dir = scan_folder(tiny_run.run_dir / "phantoms")[1][0]
-    pred = predict_run(tiny_run.run_dir, case_dir, tmp_path / "seg.nii.gz", present="t1ce,flair")
+    pred = predict_run(tiny_run.run_dir, case=case_dir, out=tmp_path / "seg.nii.gz", present="t1ce,flair")
     assert pred.present == (True, False, True, False)
     img, source = nib.load(tmp_path / "seg.nii.gz"), nib.load(next(case_dir.glob("*_flair.nii.gz")))
     assert img.shape == source.shape and np.allclose(img.affine, source.affine)
     case = load_case(case_dir)
     np.testing.assert_array_equal(np.asarray(img.dataobj), case.geometry.uncrop(pred.labels))
     with pytest.raises(ValueError, match="cannot read subset 'flair,dwi'"):
-        predict_run(tiny_run.run_dir, case_dir, tmp_path / "x.nii.gz", present="flair,dwi")
+        predict_run(tiny_run.run_dir, case=case_dir, out=tmp_path / "x.nii.gz", present="flair,dwi")
 
 
 def test_a_run_trained_in_memory_is_evaluated_on_a_named_folder_only(tiny_run, tmp_path):

@@ -30,7 +30,6 @@ from mckd_lab.explain import (
     VoxelOcclusion,
     captum_modality_attribution,
     exact_shapley,
-    explain_run,
     modality_shapley,
     subsets_of,
     tabular_integrated_gradients,
@@ -39,6 +38,8 @@ from mckd_lab.explain import (
 from mckd_lab.infer import predict_subsets
 from mckd_lab.models import ClassificationHead, MultiModalNet, build_segmentation_network
 from mckd_lab.models.compact import CompactEncoder
+from mckd_lab.runs import explain_run
+from mckd_lab.tasks import make_task
 from mckd_lab.train import train
 
 # --- Shapley maths on hand-made games -----------------------------------------------------------------------
@@ -355,10 +356,13 @@ def test_tabular_integrated_gradients_of_a_linear_network_is_input_times_weight(
 
 def test_tabular_modality_shapley_equals_captum_shapley_values():
     net, sample = tabular_net()
-    exact = modality_shapley(net, sample, (True, True, True), ("CN", "MCI", "AD"), value="probability")
+    classes, softmax = ("CN", "MCI", "AD"), make_task("adni").probabilities  # the classifier's rule
+    exact = modality_shapley(
+        net, sample, (True, True, True), classes, value="probability", probabilities=softmax
+    )
     np.testing.assert_allclose(exact.values.sum(0), 0.0, atol=1e-6)  # class probabilities sum to 1
     captum = captum_modality_attribution(
-        net, sample, ("CN", "MCI", "AD"), value="probability", method="shapley"
+        net, sample, classes, value="probability", method="shapley", probabilities=softmax
     )
     np.testing.assert_allclose(captum.values, exact.values, atol=1e-6)
 
@@ -410,7 +414,7 @@ def test_voxel_attribution_names_an_unknown_region():
 def test_explain_run_on_a_case_gives_shapley_per_region_and_nifti_maps(tmp_path):
     run = train_tiny_run(tmp_path / "run")
     case_dir = scan_folder(run.run_dir / "phantoms")[1][0]
-    result = explain_run(run.run_dir, case_dir=case_dir, out=tmp_path / "maps", n_steps=2)
+    result = explain_run(run.run_dir, case=case_dir, out=tmp_path / "maps", n_steps=2)
     assert result["case"] == case_dir.name and result["value"] == "dice"
     assert list(result["shapley"]) == ["ET", "WT", "TC"] and list(result["shapley"]["ET"]) == list(
         CARD.modality_names

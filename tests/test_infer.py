@@ -12,7 +12,6 @@ from mckd_lab.infer import (
     SubsetPredictor,
     predict_case,
     predict_subsets,
-    probabilities,
     regions_to_labels,
     sliding_window,
 )
@@ -54,7 +53,7 @@ def test_encode_once_equals_fifteen_independent_sliding_window_passes():
             present = torch.tensor(subset)
 
             def forward(w, present=present):
-                return probabilities(net(w, present.expand(w.shape[0], -1)).logits)
+                return torch.sigmoid(net(w, present.expand(w.shape[0], -1)).logits)
 
             independent = sliding_window(forward, image[None], roi)[0]
             torch.testing.assert_close(once[s], independent, atol=1e-5, rtol=1e-5)
@@ -85,7 +84,7 @@ def test_empty_subset_is_the_zero_input_response():
     image = torch.randn(2, 4, 16, 16, 16)
     with torch.no_grad():
         empty = SubsetPredictor(net, [(False,) * 4])(image)
-        expected = probabilities(net(torch.zeros_like(image), torch.ones(2, 4, dtype=torch.bool)).logits)
+        expected = torch.sigmoid(net(torch.zeros_like(image), torch.ones(2, 4, dtype=torch.bool)).logits)
     torch.testing.assert_close(empty, expected)
 
 

@@ -7,7 +7,7 @@ import torch
 from toydata import ToyBalls
 
 from mckd_lab.config import RunConfig
-from mckd_lab.tasks import SegmentationTask, split_cases
+from mckd_lab.tasks import SegmentationTask, split_ids, validate_config
 from mckd_lab.train import TrainingDiverged, load_checkpoint, train
 
 
@@ -158,18 +158,19 @@ def test_config_round_trip_and_validation():
     with pytest.raises(ValueError, match="unknown field"):
         RunConfig.from_dict({"optim": {"iters": 3}})
     with pytest.raises(ValueError, match="method.name 'mkcd'"):
-        _config(**{"method.name": "mkcd"}).validate()
-    with pytest.raises(ValueError, match="divisible by 8"):
-        _config(**{"data.crop": [20, 16, 16]}).validate()
+        validate_config(_config(**{"method.name": "mkcd"}))
+    with pytest.raises(ValueError, match="divisible by 8"):  # the segmentation task's own check
+        validate_config(_config(**{"data.crop": [20, 16, 16]}))
+    _config(**{"data.crop": [20, 16, 16]}).validate()  # the shared checks alone know nothing of crops
 
 
-def test_split_cases_is_deterministic_and_disjoint():
+def test_split_ids_is_deterministic_and_disjoint():
     ids = [f"case{i:02d}" for i in range(20)]
-    a, b = split_cases(ids, 5, 0.2, seed=0), split_cases(list(reversed(ids)), 5, 0.2, seed=0)
+    a, b = split_ids(ids, 5, 0.2, seed=0), split_ids(list(reversed(ids)), 5, 0.2, seed=0)
     assert a == b and [len(a[k]) for k in ("test", "heldout", "train")] == [4, 5, 11]
     assert sorted(a["test"] + a["heldout"] + a["train"]) == ids
     with pytest.raises(ValueError, match="heldout_cases"):
-        split_cases(ids[:5], 5, 0.2, seed=0)
+        split_ids(ids[:5], 5, 0.2, seed=0)
 
 
 def test_a_phantom_run_from_disk_resumes_exactly(tmp_path):

@@ -16,8 +16,8 @@ from mckd_lab.config import RunConfig
 from mckd_lab.data.cards import load_card
 from mckd_lab.data.missing import all_subsets
 from mckd_lab.evaluate import SubsetTable
-from mckd_lab.experiments import split_cases
 from mckd_lab.explain import modality_shapley, tabular_integrated_gradients, voxel_attribution
+from mckd_lab.recipes import split_cases
 from mckd_lab.train import train
 from widgets import (
     AttributionView,

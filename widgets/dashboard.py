@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from mckd_lab.experiments import load_results
+from mckd_lab.runs import load_results
 
 from ._base import View, modality_colour, sync_figure
 

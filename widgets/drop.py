@@ -19,21 +19,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from mckd_lab.data.cards import Card, load_card
-from mckd_lab.evaluate import dice
-from mckd_lab.infer import THRESHOLD, probabilities
+from mckd_lab.infer import THRESHOLD
+from mckd_lab.metrics import dice
+from mckd_lab.tasks import Task, make_task
 
 from ._base import View, sync_figure
 from .viewer import SegmentationViewer
-
-# Output stride of a backbone without a ``stride`` attribute (the reference: D/16, H/32, W/32).
-DEFAULT_STRIDE = 32
 
 
 def padded_batch(model: nn.Module, image: np.ndarray) -> torch.Tensor:
     """(M, D, H, W) -> a (1, M, D', H', W') float32 batch on the model's device, zero-padded at the end of
     each axis to a multiple of the network's output stride (the decoder needs whole multiples)."""
     x = torch.as_tensor(np.asarray(image), dtype=torch.float32, device=next(model.parameters()).device)[None]
-    stride = getattr(model.encoders[0], "stride", DEFAULT_STRIDE)
+    stride = model.output_stride
     pad = [(-s) % stride for s in x.shape[2:]]
     return F.pad(x, [p for axis in reversed(pad) for p in (0, axis)])
 
@@ -60,7 +58,8 @@ class ModalityDropExplorer(View):
         target: segmentation: (R, D, H, W) region masks in card channel order (ET, WT, TC); classification:
             the class id. Optional: without it no Dice / true class is shown.
         available: (M,) bools, the modalities the case has (default all); the others cannot be ticked.
-        card: the data card naming modalities, regions and classes (default ``brats``).
+        card: the data card naming modalities, regions and classes (default: the task's, else ``brats``).
+        task: the run's task (``run.task``): its logits -> probabilities rule (default: the card's task).
         names: the modality names when they are not the card's (task ``adni-t1``: ``mri`` for ``imaging``).
         threads: torch threads while encoding and on each toggle (None: torch's setting). One by default: a
             48^3 decode gains little from more, and on a busy machine OpenMP threads waiting on each other
@@ -77,8 +76,10 @@ class ModalityDropExplorer(View):
         title: str = "",
         threads: int | None = 1,
         names: Sequence[str] | None = None,
+        task: Task | None = None,
     ):
-        self.card = card or load_card("brats")
+        self.card = card or (task.card if task is not None else load_card("brats"))
+        self.probabilities_of = (task or make_task(self.card.name)).probabilities
         self.names = tuple(names) if names is not None else self.card.modality_names
         if tuple(model.modalities) != self.names:
             raise ValueError(
@@ -122,7 +123,7 @@ class ModalityDropExplorer(View):
             raise ValueError(
                 "tick at least one modality: the network needs one present modality to fill from"
             )
-        out = probabilities(self.model.decode(self.encoded.where(keep, self.zero), keep).logits)[0]
+        out = self.probabilities_of(self.model.decode(self.encoded.where(keep, self.zero), keep).logits)[0]
         if not self.classification:
             out = out[(slice(None), *(slice(0, s) for s in self.shape))]
         return out.float().cpu().numpy()

@@ -14,24 +14,15 @@ import ipywidgets as ipw
 import numpy as np
 import plotly.graph_objects as go
 
-from mckd_lab.classification import METRICS
+from mckd_lab.tasks import task_of
 
 from ._base import View, sync_figure
 
-MEAN_ROW = "mean"
-
 
 def table_arrays(table: dict) -> tuple[list[str], list[str], np.ndarray, str]:
-    """``(row names incl. the mean row, columns, values (S + 1, C) in % (NaN: undefined), what they are)``."""
-    rows = [*table["subsets"], {"subset": MEAN_ROW, **table["mean"]}]
-    if "regions" in table:  # segmentation: Dice per region
-        columns, what = list(table["regions"]), "Dice"
-        values = [[row["dice"][c] for c in columns] for row in rows]
-    else:  # classification: one column per metric
-        columns, what = [m for m in METRICS if m in table["mean"]], "score"
-        values = [[row.get(c) for c in columns] for row in rows]
-    values = 100 * np.array([[np.nan if v is None else v for v in row] for row in values], dtype=float)
-    return [row["subset"] for row in rows], columns, values, what
+    """``(row names incl. the mean row, columns, values (S + 1, C) in % (NaN: undefined), what they are)``, as
+    the task that made the table lays it out (``Task.table_arrays``)."""
+    return task_of(table).table_arrays(table)
 
 
 class SubsetTableView(View):
@@ -107,7 +98,7 @@ class SubsetTableView(View):
         self._chooser.observe(lambda change: self.select(change["new"]), names="value")
 
         def clicked(_trace, points, _state) -> None:
-            if points.ys and points.ys[0] != MEAN_ROW:
+            if points.ys and points.ys[0] != "mean":
                 self.select(points.ys[0])
 
         self._live.data[0].on_click(clicked)

@@ -179,3 +179,14 @@ def make_sampler(name: str, m: int) -> SubsetSampler:
     if name not in SAMPLERS:
         raise ValueError(f"unknown missing-modality sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
     return SAMPLERS[name](m)
+
+
+def restrict_present(available: torch.Tensor, subset: Sequence[bool] | torch.Tensor) -> torch.Tensor:
+    """The one rule for a drawn subset: each sample keeps ``subset`` within what it has, and a sample that has
+    none of ``subset`` keeps everything it has (its last modality is never dropped).
+
+    available (B, M) bool, subset (M,) -> present (B, M) bool.
+    """
+    available = available.bool()
+    present = available & torch.as_tensor(subset, dtype=torch.bool, device=available.device)
+    return torch.where(present.any(1, keepdim=True), present, available)

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from mckd_lab.data.missing import SubsetSampler, all_subsets, make_sampler
+from mckd_lab.data.missing import SubsetSampler, all_subsets, make_sampler, restrict_present
 from mckd_lab.method.importance import ImportanceWeights, mckd_pair_weights
 from mckd_lab.method.meta import bilevel_meta_step, meta_step
 
@@ -37,7 +37,7 @@ class StepContext:
     iteration: the step just taken (0-based); stage: ``warmup`` | ``missing``; batch: the training batch with
     ``present`` as used in the step; heldout(k): the k-th held-out batch of this round (all available
     modalities present); generator: for the strategy's random choices (seeded per iteration by the trainer);
-    task: loss ``task.loss`` and scores ``task.scores`` / ``task.score_names``.
+    task: its scores ``task.scores`` / ``task.score_names``; loss: the run's task loss (logits, target) -> scalar.
     """
 
     iteration: int
@@ -49,6 +49,7 @@ class StepContext:
     kd_weight: float
     heldout: Callable[[int], dict]
     generator: torch.Generator
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     autocast: Callable[[], AbstractContextManager] = field(default=nullcontext)
 
 
@@ -158,8 +159,7 @@ def heldout_scores(ctx: StepContext, subsets: Sequence[tuple[bool, ...]], batche
         for k in range(batches):
             batch = ctx.heldout(k)
             for s, subset in enumerate(subsets):
-                present = batch["present"].bool() & torch.tensor(subset, device=batch["present"].device)
-                present = torch.where(present.any(1, keepdim=True), present, batch["present"].bool())
+                present = restrict_present(batch["present"], subset)
                 logits = ctx.model(batch["image"], present).logits
                 totals[s] += ctx.task.scores(logits.float(), batch["target"]).cpu()
     ctx.model.train(training)
@@ -205,7 +205,7 @@ class MCKD(Strategy):
 
     def _meta_step(self, ctx: StepContext, k: int) -> float:
         with ctx.autocast():
-            return meta_step(ctx.model, self.weights, self.optimizer, ctx.heldout(k), ctx.task.loss)
+            return meta_step(ctx.model, self.weights, self.optimizer, ctx.heldout(k), ctx.loss)
 
     def state_dict(self) -> dict:
         return {"omega": self.weights.omega.detach().clone(), "optimizer": self.optimizer.state_dict()}
@@ -230,10 +230,7 @@ class BilevelMCKD(MCKD):
 
     def _meta_step(self, ctx: StepContext, k: int) -> float:
         heldout = dict(ctx.heldout(k))
-        available = heldout["present"].bool()
-        subset = torch.tensor(self.sampler.sample(ctx.generator), device=available.device)
-        present = available & subset
-        heldout["present"] = torch.where(present.any(1, keepdim=True), present, available)
+        heldout["present"] = restrict_present(heldout["present"], self.sampler.sample(ctx.generator))
         with ctx.autocast():
             return bilevel_meta_step(
                 ctx.model,
@@ -241,7 +238,7 @@ class BilevelMCKD(MCKD):
                 self.optimizer,
                 ctx.batch,
                 heldout,
-                ctx.task.loss,
+                ctx.loss,
                 ctx.lr,
                 ctx.kd_weight,
             )

@@ -89,6 +89,11 @@ class MultiModalNet(nn.Module):
     def shared(self) -> bool:
         return len(self.encoders) == 1
 
+    @property
+    def output_stride(self) -> int:
+        """Each spatial side of a volume input must be a multiple of this (the encoders' ``stride``)."""
+        return self.encoders[0].stride
+
     def _run_encoders(self, image: Image, keep: torch.Tensor) -> Encoded:
         """Encode (B, M) inputs; where ``keep`` (B, M) is False the encoder is not run on the input: the entry
         is its zero-input response (``zero_response``)."""

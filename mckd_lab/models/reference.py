@@ -99,6 +99,7 @@ class ReferenceEncoder(nn.Module):
 
     def __init__(self, in_channels: int = 1):
         super().__init__()
+        self.stride = 32  # bottleneck D/16, H/32, W/32: inputs padded to multiples of 32 always fit
         self.stem = nn.Sequential(
             WSConv3d(in_channels, 64, 7, stride=(1, 2, 2), padding=3, bias=False), _norm(64), _act()
         )
