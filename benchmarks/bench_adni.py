@@ -36,17 +36,14 @@ import numpy as np
 import torch
 from machine import machine, peak_rss_mib
 
-from mckd_lab.classification import (
-    adni_config,
-    balanced_accuracy,
-    evaluate_run,
-    load_scaler,
-    predict_probabilities,
-)
-from mckd_lab.config import METHODS
 from mckd_lab.data.adni import AdniDataset
 from mckd_lab.data.cohort import generate_cohort
+from mckd_lab.method.strategies import STRATEGIES
+from mckd_lab.metrics import balanced_accuracy
+from mckd_lab.recipes import adni_config
+from mckd_lab.runs import evaluate_run
 from mckd_lab.tasks import make_task
+from mckd_lab.tasks.classification import load_scaler, predict_probabilities
 from mckd_lab.train import train
 
 RESULTS = Path(__file__).parent / "results"
@@ -88,7 +85,7 @@ def quality(csv: str, task: str, seeds: list[int], epochs: int, out: Path) -> di
     single = {f"{first}-only": (task, first)}  # name -> (task, the one modality)
     if task == "adni-t1":
         single["imaging-numbers-only"] = ("adni", "imaging")
-    per: dict[str, list[dict]] = {m: [] for m in (*METHODS, *single)}
+    per: dict[str, list[dict]] = {m: [] for m in (*STRATEGIES, *single)}
     for seed in seeds:
         for method in per:
             extra = {"runtime.progress": False}
@@ -158,7 +155,7 @@ def main() -> None:
         )
         generate_seconds = round(time.perf_counter() - tic, 1)
         speed = {}
-        for method in METHODS:
+        for method in STRATEGIES:
             child = [sys.executable, __file__, "--speed-one", csv, method, "--speed-epochs", str(args.speed_epochs),
                      "--threads", str(args.threads), "--task", args.task]  # fmt: skip
             speed[method] = json.loads(

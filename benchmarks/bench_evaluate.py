@@ -27,7 +27,7 @@ from machine import machine
 
 from mckd_lab.data.cards import load_card
 from mckd_lab.data.missing import all_subsets
-from mckd_lab.infer import predict_subsets, probabilities, sliding_window
+from mckd_lab.infer import predict_subsets, sliding_window
 from mckd_lab.models import build_segmentation_network
 
 RESULTS = Path(__file__).parent / "results" / "evaluate.json"
@@ -50,7 +50,7 @@ def independent_passes(model, image: torch.Tensor, subsets, roi) -> list[torch.T
         present = torch.tensor(subset)
 
         def forward(w, present=present):
-            return probabilities(model(w, present.expand(w.shape[0], -1)).logits)
+            return torch.sigmoid(model(w, present.expand(w.shape[0], -1)).logits)
 
         out.append(sliding_window(forward, image[None], roi, sw_batch_size=4))
     return out

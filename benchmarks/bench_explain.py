@@ -43,7 +43,6 @@ from mckd_lab.explain import (
 )
 from mckd_lab.infer import predict_subsets
 from mckd_lab.models import build_segmentation_network
-from mckd_lab.tasks import phantoms_folder
 from mckd_lab.train import load_run
 
 RESULTS = Path(__file__).parent / "results" / "explain.json"
@@ -96,7 +95,7 @@ def timings(model, size: int, steps: int, repeats: int, captum_samples: int) -> 
 def ranking(run_dir: Path) -> dict:
     """Top modality per region over every phantom case of the run (value: Dice), and T1ce-first for ET."""
     run = load_run(run_dir)
-    root = Path(run.config.data.root) if run.config.data.root else phantoms_folder(run.config.data, run_dir)
+    root = run.task.prepare_data(run.config.data, run_dir)
     splits = json.loads((run_dir / "splits.json").read_text())
     tops = {r: Counter() for r in CARD.region_names}
     shapley = ExactModalityShapley(run.model, outputs=CARD.region_names, value="dice")

@@ -12,10 +12,20 @@ import json
 import sys
 from pathlib import Path
 
+from mckd_lab import __version__
+from mckd_lab.data.adni import format_inspection as describe_csv
+from mckd_lab.data.adni import inspect_csv
+from mckd_lab.data.brats import format_inspection as describe_folder
+from mckd_lab.data.brats import inspect_folder
+from mckd_lab.data.cohort import generate_cohort
+from mckd_lab.data.phantoms import generate_phantoms
+from mckd_lab.demo import run_demo
 from mckd_lab.experiments import add_subcommands
 from mckd_lab.method.strategies import STRATEGIES
-from mckd_lab.tasks import TASKS
-from mckd_lab.train import TrainingDiverged
+from mckd_lab.runs import evaluate_run, explain_run, predict_run, render_table
+from mckd_lab.tasks import TASKS, make_task, validate_config
+from mckd_lab.train import TrainingDiverged, train
+from mckd_lab.tutorials import copy_tutorials
 
 
 def _print(result, as_json: bool, text: str | None = None) -> None:
@@ -23,15 +33,11 @@ def _print(result, as_json: bool, text: str | None = None) -> None:
 
 
 def cmd_phantoms(a):
-    from mckd_lab.data.phantoms import generate_phantoms
-
     out = generate_phantoms(a.out, cases=a.cases, size=a.size, seed=a.seed)
     print(f"wrote {a.cases} BraTS-like phantoms ({a.size}^3, seed {a.seed}) in the BraTS2018 layout to {out}")
 
 
 def cmd_cohort(a):
-    from mckd_lab.data.cohort import generate_cohort
-
     out = generate_cohort(a.out, subjects=a.subjects, seed=a.seed, t1_size=a.t1_size)
     with_t1 = f", baseline T1 volumes of {a.t1_size}^3 in {out.parent / 'T1'}" if a.t1_size else ""
     print(f"wrote an ADNIMERGE-format cohort of {a.subjects} subjects (seed {a.seed}) to {out}{with_t1}")
@@ -39,15 +45,11 @@ def cmd_cohort(a):
 
 def cmd_inspect(a):
     path = Path(a.path)
-    if path.is_file() or path.suffix.lower() == ".csv":
-        from mckd_lab.data.adni import format_inspection, inspect_csv
-
-        result = inspect_csv(path)
-    else:
-        from mckd_lab.data.brats import format_inspection, inspect_folder
-
-        result = inspect_folder(path)
-    _print(result, a.json, format_inspection(result))
+    # a table file is an ADNIMERGE CSV, a folder a BraTS data set: the two formats this package reads
+    read, describe = (inspect_csv, describe_csv) if path.is_file() or path.suffix.lower() == ".csv" else (
+        inspect_folder, describe_folder)  # fmt: skip
+    result = read(path)
+    _print(result, a.json, describe(result))
 
 
 def _parse_value(text: str):
@@ -60,8 +62,6 @@ def _parse_value(text: str):
 
 def build_config(a):
     """The RunConfig a ``train`` call asks for: the task's recipe with the flags given, then ``--set``."""
-    from mckd_lab.tasks import make_task, validate_config
-
     flags = {"method": a.method, "seed": a.seed, "device": a.device, "size": a.size, "cases": a.cases,
              "iterations": a.iterations, "epochs": a.epochs}  # fmt: skip
     task = make_task(a.task)
@@ -86,8 +86,6 @@ def build_config(a):
 
 
 def cmd_train(a):
-    from mckd_lab.train import train
-
     config = build_config(a)
     run = train(config, a.out, resume=a.resume)
     print(f"trained {config.method.name} for {run.iteration} iterations; run directory {a.out}")
@@ -96,23 +94,17 @@ def cmd_train(a):
 
 
 def cmd_evaluate(a):
-    from mckd_lab.runs import evaluate_run, render_table
-
     result = evaluate_run(a.run, data=a.data)
     _print(result, a.json, render_table(result))
 
 
 def cmd_predict(a):
-    from mckd_lab.runs import predict_run
-
     options = {"case": a.case, "out": a.out, "present": a.present, "rid": a.rid, "data": a.data}
     prediction = predict_run(a.run, **{k: v for k, v in options.items() if v is not None})
     _print(prediction.to_dict(), a.json, str(prediction))
 
 
 def cmd_explain(a):
-    from mckd_lab.runs import explain_run
-
     options = {"case": a.case, "rid": a.rid, "out": a.out, "data": a.data, "n_steps": a.steps}
     result = explain_run(a.run, **{k: v for k, v in options.items() if v is not None})
     _print(result, a.json, format_shapley(result))
@@ -126,14 +118,10 @@ def format_shapley(result: dict) -> str:
 
 
 def cmd_demo(a):
-    from mckd_lab.demo import run_demo
-
     run_demo(a.out, iterations=a.iterations, seed=a.seed)
 
 
 def cmd_tutorials(a):
-    from mckd_lab.tutorials import copy_tutorials
-
     paths = copy_tutorials(a.dir, force=a.force)
     notebooks = sum(p.suffix == ".ipynb" for p in paths)
     print(f"{a.dir}: {notebooks} tutorial notebooks, their sweep specs (sweeps/) and README.md")
@@ -142,8 +130,6 @@ def cmd_tutorials(a):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from mckd_lab import __version__
-
     parser = argparse.ArgumentParser(prog="mckd-lab", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

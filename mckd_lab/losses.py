@@ -28,9 +28,3 @@ class SegmentationLoss(nn.Module):
         bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none").transpose(0, 1).flatten(1)
         return self.dice(logits, target) + bce.mean(1).sum()
 
-
-class ClassificationLoss(nn.Module):
-    """Cross-entropy over class logits (B, K) and integer targets (B,)."""
-
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(logits.float(), target.long())

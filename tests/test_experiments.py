@@ -158,23 +158,6 @@ def test_sweep_spec_is_validated_before_anything_runs(toy, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_train_or_reuse_reuses_the_same_config_and_restarts_another(tmp_path, capsys):
-    from toydata import ToyBalls
-
-    from mckd_lab.config import RunConfig
-
-    data = {"train_data": ToyBalls(cases=4, size=16), "heldout_data": ToyBalls(cases=2, size=16, seed=1)}
-    small = {"data.crop": [16, 16, 16], "optim.iterations": 2, "optim.warmup_iterations": 1}
-    config = RunConfig().with_overrides(small | {"runtime.progress": False})
-    run = ex.train_or_reuse(config, tmp_path / "run", **data)
-    assert len(run.records("train")) == 2 and (tmp_path / "run" / "model.pt").is_file()
-    stamp = (tmp_path / "run" / "history.jsonl").stat().st_mtime_ns
-    again = ex.train_or_reuse(config, tmp_path / "run", **data)  # same config: nothing trains
-    assert (tmp_path / "run" / "history.jsonl").stat().st_mtime_ns == stamp and again.iteration == 2
-    longer = ex.train_or_reuse(config.with_overrides({"optim.iterations": 3}), tmp_path / "run", **data)
-    assert len(longer.records("train")) == 3 and "another configuration" in capsys.readouterr().err
-
-
 def test_command_line_run_and_strip(toy, tmp_path, capsys):
     out = tmp_path / "out"
     assert ex.main(["run", str(toy), "--out", str(out), "-p", "x", "3", "-p", "label", "7"]) == 0

@@ -62,17 +62,6 @@ def brats_run(tmp_path_factory):
     return executed, out / "run"
 
 
-def _errors(executed: Path) -> list[str]:
-    nb = nbformat.read(executed, as_version=4)
-    return [
-        o.get("ename", "")
-        for c in nb.cells
-        if c.cell_type == "code"
-        for o in c.outputs
-        if o.output_type == "error"
-    ]
-
-
 @pytest.mark.slow
 def test_01_brats_trains_evaluates_and_keeps_static_figures(brats_run):
     executed, run = brats_run
@@ -80,13 +69,16 @@ def test_01_brats_trains_evaluates_and_keeps_static_figures(brats_run):
     nb = nbformat.read(executed, as_version=4)
     figures = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs
                if "application/vnd.plotly.v1+json" in o.get("data", {})]  # fmt: skip
-    assert len(figures) >= 4 and not _errors(executed)  # live=False: a static figure per view
+    assert len(figures) >= 4  # live=False: a static figure per view (a failing cell raises in run_notebook)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["task"] == "brats" and len(metrics["subsets"]) == 15
 
 
 @pytest.mark.slow
 def test_02_adni(tmp_path):
     ex.run_notebook(NOTEBOOKS / "02_adni_mckd.ipynb", tmp_path, {"subjects": 200, "epochs": 1})
-    assert (tmp_path / "run" / "metrics.json").is_file()
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["task"] == "adni" and len(metrics["subsets"]) == 15 and metrics["patterns"]
 
 
 @pytest.mark.slow
@@ -105,7 +97,10 @@ def test_03_04_take_a_finished_run_apart(brats_run, tmp_path, name, extra):
     executed = ex.run_notebook(
         NOTEBOOKS / f"{name}.ipynb", tmp_path, {"source_run": str(brats_run[1]), **extra}
     )
-    assert not _errors(executed)
+    nb = nbformat.read(executed, as_version=4)
+    figures = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs
+               if "application/vnd.plotly.v1+json" in o.get("data", {})]  # fmt: skip
+    assert figures  # the views drew (a failing cell raises in run_notebook)
     if name == "04_attributions":
         assert len(list((tmp_path / "run" / "attributions").glob("*.nii.gz"))) == 4  # one map per sequence
 
