@@ -94,7 +94,8 @@ def cmd_train(a):
 
 
 def cmd_evaluate(a):
-    result = evaluate_run(a.run, data=a.data)
+    options = {"et_min_mm3": a.et_min_mm3, "nested": a.nested_regions}
+    result = evaluate_run(a.run, data=a.data, **{k: v for k, v in options.items() if v})
     _print(result, a.json, render_table(result))
 
 
@@ -188,6 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="the all-subsets table of a run (writes RUN/metrics.json)")
     p.add_argument("run", type=Path)
     p.add_argument("--data", type=Path, help="other data to evaluate on (BraTS folder or ADNIMERGE CSV)")
+    p.add_argument("--et-min-mm3", type=float, help="BraTS: relabel predicted ET under this volume as necrosis")
+    p.add_argument("--nested-regions", action="store_true", help="BraTS: rebuild predicted regions from labels")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_evaluate)
 

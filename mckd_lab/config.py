@@ -66,9 +66,13 @@ class MethodConfig:
     name: ``none`` | ``uniform`` | ``lckd`` | ``mckd`` (the reference, default) | ``mckd-bilevel``.
     kd_weight: lambda in task + lambda * L_KD (0.1). sampler: the missing stage's subset sampler (None: the
     strategy's own; ``reference`` except ``lckd``). meta_every_warmup / meta_every_missing: iterations
-    between meta rounds in each stage (reference 100 / 500); meta_batches: held-out batches per round
-    (reference: 20 crops = 10 batches of 2); meta_lr, meta_weight_decay: Adam on omega (1e-2, 5e-4).
-    elect_every: iterations between LCKD teacher elections.
+    between meta rounds in each stage (reference 100 / 500, and a round at iteration 0); meta_batches: Adam
+    steps on omega per round, each on one held-out batch of ``meta_batch_size`` crops drawn with the
+    training augmentation (reference: 20 steps at batch 1); also the held-out batches of an LCKD election.
+    meta_lr, meta_weight_decay: Adam on omega (1e-2, 5e-4). omega_init: ``zeros`` (every modality equally
+    important at the start: no initial ranking for a short run to inherit) or ``uniform01`` (the reference's
+    ``torch.rand`` logits in [0, 1), seeded by ``runtime.seed``). elect_every: iterations between LCKD
+    teacher elections.
     """
 
     name: str = "mckd"
@@ -76,19 +80,23 @@ class MethodConfig:
     sampler: str | None = None
     meta_every_warmup: int = 100
     meta_every_missing: int = 500
-    meta_batches: int = 10
+    meta_batches: int = 20
+    meta_batch_size: int = 1
     meta_lr: float = 1e-2
     meta_weight_decay: float = 5e-4
     elect_every: int = 500
+    omega_init: str = "zeros"
 
 
 @dataclass
 class OptimConfig:
     """The network's optimiser and schedule (omega has its own, see MethodConfig).
 
-    optimizer: ``sgd`` (reference: momentum 0.99, Nesterov) or ``adamw``. lr: base rate, poly decay to 0
-    with ``poly_power`` against ``iterations``. warmup_iterations: stage 1 (all modalities) length; stage 2
-    (random missing) runs to ``iterations`` (reference: 80k of 115k). batch_size: reference 2.
+    optimizer: ``sgd`` (reference: momentum 0.99, Nesterov) or ``adamw``. lr: base rate with the reference's
+    two-stage poly schedule (``poly_lr``): stage 1 (``warmup_iterations``, all modalities) decays from
+    ``lr`` to 0 over its own length; stage 2 (random missing modalities, to ``iterations``) recomputes poly
+    over the total, so it restarts at ``lr * (1 - warmup / iterations) ** poly_power`` (reference: 80k of
+    115k, 1e-2 -> 3.4e-3) and decays to 0. batch_size: reference 2.
     grad_clip: clip the network's gradient norm to this (0: off). The reference does not clip; nnU-Net clips
     at 12 with the same SGD (0.99, Nesterov). Without it, a 1,500-iteration demo on phantoms diverged here
     (loss NaN at iteration 531) while the same recipe on another draw of phantoms did not.
@@ -122,6 +130,18 @@ SECTIONS = {"data": DataConfig, "model": ModelConfig, "method": MethodConfig, "o
             "runtime": RuntimeConfig}  # fmt: skip
 VERSION_KEY = "mckd_lab_version"  # written beside the sections in a run's config.json
 WARMUP_FRACTION = 1 / 3  # of the iterations, every modality present (stage 1); the recipes' one convention
+
+
+def poly_lr(iteration: int, optim: OptimConfig) -> float:
+    """The network's learning rate at ``iteration`` (0-based): the reference's two-stage poly schedule.
+
+    Stage 1 (``iteration < W``, W = ``warmup_iterations``): ``lr * (1 - iteration / W) ** poly_power``.
+    Stage 2: ``lr * (1 - iteration / iterations) ** poly_power``, restarting at ``lr * (1 - W / T) ** p``.
+    """
+    w, t, p = optim.warmup_iterations, optim.iterations, optim.poly_power
+    if iteration < w:
+        return optim.lr * (1 - iteration / w) ** p
+    return optim.lr * (1 - iteration / t) ** p
 
 
 def warmup_for(iterations: int) -> int:
@@ -201,6 +221,8 @@ class RunConfig:
             (o.grad_clip >= 0, f"optim.grad_clip must be >= 0 (0: off), got {o.grad_clip}"),
             (me.kd_weight >= 0, f"method.kd_weight must be >= 0, got {me.kd_weight}"),
             (me.meta_batches >= 1, f"method.meta_batches must be >= 1, got {me.meta_batches}"),
+            (me.meta_batch_size >= 1, f"method.meta_batch_size must be >= 1, got {me.meta_batch_size}"),
+            (me.omega_init in ("zeros", "uniform01"), f"method.omega_init {me.omega_init!r}: zeros|uniform01"),
             (len(d.crop) == 3 and all(c > 0 for c in d.crop), f"data.crop {d.crop}: give (D, H, W)"),
             (0.0 <= d.test_fraction < 1.0, f"data.test_fraction {d.test_fraction} must be in [0, 1)"),
             (d.heldout_cases >= 1, f"data.heldout_cases must be >= 1, got {d.heldout_cases}"),

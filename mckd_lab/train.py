@@ -4,8 +4,8 @@
 
 Stage 1 (``optim.warmup_iterations``): every available modality present. Stage 2: one subset per batch from
 the strategy's sampler, intersected with each sample's real availability. Loss = task (Dice + BCE) +
-``method.kd_weight`` * pairwise KD with the strategy's pair weights; SGD (momentum 0.99, Nesterov) with poly
-decay by default. After each step the strategy may update itself (MCKD's meta step on the held-out split,
+``method.kd_weight`` * pairwise KD with the strategy's pair weights; SGD (momentum 0.99, Nesterov) with the
+reference's two-stage poly schedule (``config.poly_lr``: stage 2 restarts at ``lr (1 - W/T)^0.9``). After each step the strategy may update itself (MCKD's meta step on the held-out split,
 LCKD's election) and returns a history record.
 
 Every random choice of iteration t (batch, crops, subset, held-out batches) is seeded from (seed, t), so a run
@@ -29,7 +29,7 @@ import torch
 from torch.utils.data import default_collate
 from tqdm.auto import tqdm
 
-from mckd_lab.config import RunConfig
+from mckd_lab.config import RunConfig, poly_lr
 from mckd_lab.data.missing import restrict_present, subset_name
 from mckd_lab.method.kd import pairwise_kd_loss
 from mckd_lab.method.strategies import StepContext, make_strategy
@@ -80,7 +80,7 @@ def train(
     heldout_data = heldout_data if heldout_data is not None else train_data
     torch.manual_seed(seed)
     model = task.build_model(config.model).to(device)
-    strategy = make_strategy(config.method.name, task.modalities, config.method).to(device)
+    strategy = make_strategy(config.method.name, task.modalities, config.method, seed).to(device)
     optimizer = _optimizer(model, opt)
     m = len(task.modalities)
 
@@ -98,8 +98,8 @@ def train(
         for callback in callbacks:
             callback(record)
 
-    def heldout_batch(iteration: int, k: int) -> dict:
-        return _to(_batch(heldout_data, opt.batch_size, _seed(seed, iteration, 2, k)), device)
+    def heldout_batch(iteration: int, k: int, batch_size: int | None = None) -> dict:
+        return _to(_batch(heldout_data, batch_size or opt.batch_size, _seed(seed, iteration, 2, k)), device)
 
     # --- the loop -----------------------------------------------------------------------------------------
     bar = tqdm(range(start, opt.iterations), initial=start, total=opt.iterations, disable=not rt.progress,
@@ -115,7 +115,7 @@ def train(
         drawn = strategy.sampler.sample(generator) if stage == "missing" else (True,) * m
         present = batch["present"] = restrict_present(batch["present"], drawn)
 
-        lr = opt.lr * (1 - it / opt.iterations) ** opt.poly_power
+        lr = poly_lr(it, opt)
         for group in optimizer.param_groups:
             group["lr"] = lr
 
@@ -137,7 +137,8 @@ def train(
         optimizer.step()
 
         ctx = StepContext(it, stage, model, task, batch, lr, config.method.kd_weight,
-                          lambda k, it=it: heldout_batch(it, k), generator, task_loss, autocast)  # fmt: skip
+                          lambda k, size=None, it=it: heldout_batch(it, k, size), generator, task_loss,
+                          autocast)  # fmt: skip
         update = strategy.update(ctx)
         log({"kind": "train", "iteration": it, "stage": stage, "lr": lr, "loss": loss.item(),
              "loss_task": loss_task.item(), "loss_kd": loss_kd.item(),

@@ -118,9 +118,16 @@ def test_cache_reads_each_case_once(folder, monkeypatch, cache, reads):
 
 @pytest.mark.parametrize("train", [True, False])  # evaluation: the whole transform is cached
 def test_epochs_and_samples_leave_the_cache_unchanged(folder, train):
-    def snapshot(case):
+    def tensor(v):
+        return torch.as_tensor(v).as_subclass(torch.Tensor).clone()
+
+    def snapshot(case):  # the region crop indices are a list of arrays, one per class: concatenated here
         return {
-            k: v if isinstance(v, str) else torch.as_tensor(v).as_subclass(torch.Tensor).clone()
+            k: v
+            if isinstance(v, str)
+            else torch.cat([tensor(a) for a in v])
+            if isinstance(v, list)
+            else tensor(v)
             for k, v in case.items()
         }
 

@@ -43,7 +43,7 @@ def context(task_batches):
     def make(iteration, stage="missing"):
         torch.manual_seed(0)
         return StepContext(iteration, stage, task.build_model(model_config), task, batch, 1e-2, 0.1,
-                           lambda k: heldout, torch.Generator().manual_seed(0), task.make_loss())  # fmt: skip
+                           lambda k, size=None: heldout, torch.Generator().manual_seed(0), task.make_loss())  # fmt: skip
 
     return make
 

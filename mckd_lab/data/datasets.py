@@ -7,8 +7,10 @@ A sample (``dataset[i]``) is a dict:
 - ``target``: float32 tensor (3, D, H, W), regions ET, WT, TC (absent for cases without a seg file).
 - ``case_id``: str, the case folder's name.
 
-Training samples are random crops of ``crop_size`` (D, H, W), centred on a tumour voxel with probability
-``foreground_prob`` (METHOD.md: 0.5) and on a non-tumour voxel otherwise, then flipped and intensity-scaled.
+Training samples are random crops of ``crop_size`` (D, H, W), centred with probability ``foreground_prob``
+(METHOD.md: 0.5) on a voxel of a tumour region chosen first (ET, WT or TC, equally likely among those the case
+has, then a voxel of it: ET-centred crops are not rare though ET is small) and otherwise on a non-tumour
+voxel, then flipped and intensity-scaled.
 Evaluation samples are whole cases cropped to the brain box (see :mod:`mckd_lab.data.brats`). A loader from
 :func:`make_loader` stacks samples into ``image`` (B, M, D, H, W), ``present`` (B, M), ``target``
 (B, 3, D, H, W) and ``case_id`` (list of B str).
@@ -28,12 +30,11 @@ import numpy as np
 import torch
 from monai.data import DataLoader
 from monai.transforms import (
-    CastToTyped,
     Compose,
     EnsureTyped,
-    FgBgToIndicesd,
     Lambda,
-    RandCropByPosNegLabeld,
+    MapTransform,
+    RandCropByLabelClassesd,
     RandFlipd,
     RandomizableTrait,
     RandScaleIntensityd,
@@ -61,6 +62,24 @@ class LabelToRegionsd(Transform):
         return data
 
 
+class RegionIndicesd(MapTransform):
+    """Add ``<label>_cls_indices``: flat int32 voxel indices of the background (label 0) and of each card
+    region (BraTS: ET, WT, TC; regions overlap), the classes ``RandCropByLabelClassesd`` picks centres from.
+    Deterministic, so a caching dataset keeps them."""
+
+    def __init__(self, key: str, card: Card):
+        super().__init__([key])
+        self.card = card
+
+    def __call__(self, data: dict) -> dict:
+        data = dict(data)
+        for key in self.key_iterator(data):
+            label = np.asarray(data[key])[0]
+            masks = [label == 0, *label_to_regions(label, self.card).astype(bool)]
+            data[f"{key}_cls_indices"] = [np.flatnonzero(m).astype(np.int32) for m in masks]
+        return data
+
+
 def _first(samples: list[dict]) -> dict:
     return samples[0]
 
@@ -68,10 +87,13 @@ def _first(samples: list[dict]) -> dict:
 def training_transforms(
     card: Card, crop_size: Sequence[int] = (80, 160, 160), foreground_prob: float = 0.5
 ) -> Compose:
-    """Pad to ``crop_size``, foreground-biased random crop, flips, intensity scale, regions, plain tensors.
+    """Pad to ``crop_size``, a random crop centred on a region or the background, flips, intensity scale,
+    regions, plain tensors.
 
-    The padding and the tumour / non-tumour voxel indices (int32) are deterministic, so a caching dataset
-    keeps them: finding them costs more than the rest of a sample. Intensity scaling (x (1 + u),
+    The crop centre: with ``foreground_prob`` a voxel of one of the card's regions (each region equally
+    likely; one a case lacks is skipped), else a background voxel. The padding and the voxel indices per
+    class (int32) are deterministic, so a caching dataset keeps them: finding them costs more than the rest
+    of a sample. Intensity scaling (x (1 + u),
     u ~ U(-0.1, 0.1), per channel) keeps zeros at zero, so background and missing modalities stay 0; an
     additive shift would not.
     """
@@ -81,19 +103,18 @@ def training_transforms(
     return Compose(
         [
             SpatialPadd(keys, spatial_size=crop_size),
-            FgBgToIndicesd("label"),
-            CastToTyped(["label_fg_indices", "label_bg_indices"], dtype=torch.int32),
-            RandCropByPosNegLabeld(
+            RegionIndicesd("label", card),
+            RandCropByLabelClassesd(
                 keys,
                 "label",
                 spatial_size=crop_size,
-                pos=foreground_prob,
-                neg=1.0 - foreground_prob,
+                ratios=[1.0 - foreground_prob] + [foreground_prob / len(card.regions)] * len(card.regions),
+                num_classes=1 + len(card.regions),
                 num_samples=1,
-                fg_indices_key="label_fg_indices",
-                bg_indices_key="label_bg_indices",
+                indices_key="label_cls_indices",
+                warn=False,  # a case without ET: the other classes share its ratio (renormalised)
             ),
-            Lambda(_first),  # RandCropByPosNegLabeld returns a list of num_samples (1) dicts
+            Lambda(_first),  # RandCropByLabelClassesd returns a list of num_samples (1) dicts
             RandFlipd(keys, prob=0.5, spatial_axis=0),
             RandFlipd(keys, prob=0.5, spatial_axis=1),
             RandFlipd(keys, prob=0.5, spatial_axis=2),

@@ -7,12 +7,18 @@ from torch import nn
 
 
 class ImportanceWeights(nn.Module):
-    """The importance weight vector (IWV). ``omega`` (M,) starts at zero (every modality equally important;
-    the reference starts from uniform random logits in [0, 1)). Calling it returns w = softmax(omega) (M,)."""
+    """The importance weight vector (IWV). Calling it returns w = softmax(omega) (M,).
 
-    def __init__(self, num_modalities: int):
+    ``init``: ``zeros`` (every modality equally important) or ``uniform01`` (the reference: ``torch.rand``
+    logits in [0, 1), drawn from ``generator``, so a seeded run starts from the same omega).
+    """
+
+    def __init__(self, num_modalities: int, init: str = "zeros", generator: torch.Generator | None = None):
         super().__init__()
-        self.omega = nn.Parameter(torch.zeros(num_modalities))
+        if init not in ("zeros", "uniform01"):
+            raise ValueError(f"omega init {init!r}: choose 'zeros' or 'uniform01'")
+        start = torch.zeros(num_modalities) if init == "zeros" else torch.rand(num_modalities, generator=generator)
+        self.omega = nn.Parameter(start)
 
     def forward(self) -> torch.Tensor:
         return importance(self.omega)

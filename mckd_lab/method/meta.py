@@ -21,14 +21,16 @@ def meta_step(model: nn.Module, weights: ImportanceWeights, optimizer: torch.opt
               task_loss: Loss) -> float:  # fmt: skip
     """The reference meta step: one Adam step on omega only; returns the task loss before the step.
 
-    All (available) modalities present; each bottleneck f_m is multiplied by w_m = softmax(omega)_m before
-    decoding; the task loss is differentiated with respect to omega alone. The network is not stepped and its
-    ``.grad`` are left untouched (the encoder runs without autograd: omega enters after it).
+    The modalities of ``batch["present"]`` are given (stage 1: every available one; stage 2: a random subset,
+    as in training); each raw encoder bottleneck f_m (a missing one is the zero response: not mean-filled)
+    is multiplied by w_m = softmax(omega)_m before decoding; the task loss is differentiated with respect to
+    omega alone. The network is not stepped and its ``.grad`` are left untouched (the encoder runs without
+    autograd: omega enters after it).
     """
     present = batch["present"].bool()
     with torch.no_grad():
-        encoded = model.encode(model.zero_missing(batch["image"], present))
-    loss = task_loss(model.decode(encoded, present, scale=weights()).logits, batch["target"])
+        encoded = model.encode(model.zero_missing(batch["image"], present), present)
+    loss = task_loss(model.decode(encoded, present, scale=weights(), fill=False).logits, batch["target"])
     optimizer.zero_grad(set_to_none=True)
     (weights.omega.grad,) = torch.autograd.grad(loss, [weights.omega])
     optimizer.step()

@@ -35,8 +35,9 @@ class StepContext:
     """What a strategy may look at after a training step.
 
     iteration: the step just taken (0-based); stage: ``warmup`` | ``missing``; batch: the training batch with
-    ``present`` as used in the step; heldout(k): the k-th held-out batch of this round (all available
-    modalities present); generator: for the strategy's random choices (seeded per iteration by the trainer);
+    ``present`` as used in the step; heldout(k, batch_size=None): the k-th held-out batch of this round
+    (random crops with the training augmentation, all available modalities present; batch_size None: the
+    training batch size); generator: for the strategy's random choices (seeded per iteration by the trainer);
     task: its scores ``task.scores`` / ``task.score_names``; loss: the run's task loss (logits, target) -> scalar.
     """
 
@@ -47,7 +48,7 @@ class StepContext:
     batch: dict
     lr: float
     kd_weight: float
-    heldout: Callable[[int], dict]
+    heldout: Callable[..., dict]
     generator: torch.Generator
     loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     autocast: Callable[[], AbstractContextManager] = field(default=nullcontext)
@@ -59,7 +60,7 @@ class Strategy:
     name = "none"
     default_sampler = "reference"
 
-    def __init__(self, modalities: Sequence[str], config):
+    def __init__(self, modalities: Sequence[str], config, seed: int = 0):
         self.modalities = tuple(modalities)
         self.config = config
         self.sampler: SubsetSampler = make_sampler(
@@ -115,8 +116,8 @@ class LCKD(Strategy):
     name = "lckd"
     default_sampler = "lckd"
 
-    def __init__(self, modalities: Sequence[str], config):
-        super().__init__(modalities, config)
+    def __init__(self, modalities: Sequence[str], config, seed: int = 0):
+        super().__init__(modalities, config, seed)
         self.teachers = torch.ones(len(self.modalities), dtype=torch.bool)
 
     def pair_weights(self) -> torch.Tensor:
@@ -168,14 +169,17 @@ def heldout_scores(ctx: StepContext, subsets: Sequence[tuple[bool, ...]], batche
 
 class MCKD(Strategy):
     """MCKD, the reference: KD weights c_ij = w_i / w_j with w = softmax(omega); every ``meta_every_warmup``
-    (stage 1) or ``meta_every_missing`` (stage 2) iterations, ``meta_batches`` reference meta steps (Adam on
-    omega, lr ``meta_lr``, weight decay ``meta_weight_decay``) on held-out batches."""
+    (stage 1) or ``meta_every_missing`` (stage 2) iterations, a round of ``meta_batches`` reference meta
+    steps (one Adam step on omega each, lr ``meta_lr``, weight decay ``meta_weight_decay``), each on its own
+    held-out batch of ``meta_batch_size`` crops (reference: 20 crops at batch 1). Stage 1 gives every
+    available modality; stage 2 a subset drawn with the training sampler, as training does."""
 
     name = "mckd"
 
-    def __init__(self, modalities: Sequence[str], config):
-        super().__init__(modalities, config)
-        self.weights = ImportanceWeights(len(self.modalities))
+    def __init__(self, modalities: Sequence[str], config, seed: int = 0):
+        super().__init__(modalities, config, seed)
+        generator = torch.Generator().manual_seed(seed)  # omega_init uniform01 draws from it
+        self.weights = ImportanceWeights(len(self.modalities), config.omega_init, generator)
         self.optimizer = self._make_optimizer()
 
     def _make_optimizer(self) -> torch.optim.Adam:
@@ -203,9 +207,16 @@ class MCKD(Strategy):
             "meta_loss": sum(losses) / len(losses),
         }
 
+    def _meta_batch(self, ctx: StepContext, k: int) -> dict:
+        """The k-th held-out batch of the round, with the stage's modalities present."""
+        batch = dict(ctx.heldout(k, self.config.meta_batch_size))
+        if ctx.stage == "missing":
+            batch["present"] = restrict_present(batch["present"], self.sampler.sample(ctx.generator))
+        return batch
+
     def _meta_step(self, ctx: StepContext, k: int) -> float:
         with ctx.autocast():
-            return meta_step(ctx.model, self.weights, self.optimizer, ctx.heldout(k), ctx.loss)
+            return meta_step(ctx.model, self.weights, self.optimizer, self._meta_batch(ctx, k), ctx.loss)
 
     def state_dict(self) -> dict:
         return {"omega": self.weights.omega.detach().clone(), "optimizer": self.optimizer.state_dict()}
@@ -229,7 +240,7 @@ class BilevelMCKD(MCKD):
     name = "mckd-bilevel"
 
     def _meta_step(self, ctx: StepContext, k: int) -> float:
-        heldout = dict(ctx.heldout(k))
+        heldout = dict(ctx.heldout(k, self.config.meta_batch_size))
         heldout["present"] = restrict_present(heldout["present"], self.sampler.sample(ctx.generator))
         with ctx.autocast():
             return bilevel_meta_step(
@@ -247,8 +258,9 @@ class BilevelMCKD(MCKD):
 STRATEGIES: dict[str, type[Strategy]] = {s.name: s for s in (Strategy, UniformKD, LCKD, MCKD, BilevelMCKD)}
 
 
-def make_strategy(name: str, modalities: Sequence[str], config) -> Strategy:
-    """A strategy by name (none, uniform, lckd, mckd, mckd-bilevel) configured by a ``MethodConfig``."""
+def make_strategy(name: str, modalities: Sequence[str], config, seed: int = 0) -> Strategy:
+    """A strategy by name (none, uniform, lckd, mckd, mckd-bilevel) configured by a ``MethodConfig``;
+    ``seed`` seeds its own random start (MCKD's ``omega_init="uniform01"``)."""
     if name not in STRATEGIES:
         raise ValueError(f"unknown method {name!r}; choose one of {', '.join(STRATEGIES)}")
-    return STRATEGIES[name](modalities, config)
+    return STRATEGIES[name](modalities, config, seed)

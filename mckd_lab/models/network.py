@@ -142,12 +142,16 @@ class MultiModalNet(nn.Module):
             like, torch.zeros(_batch_size(like), len(self.modalities), dtype=torch.bool)
         )
 
-    def decode(self, enc: Encoded, present: torch.Tensor, scale: torch.Tensor | None = None) -> ModelOutput:
+    def decode(
+        self, enc: Encoded, present: torch.Tensor, scale: torch.Tensor | None = None, fill: bool = True
+    ) -> ModelOutput:
         """Fill the missing bottlenecks (mean of the present ones, per sample) and decode.
 
-        ``scale`` (M,), optional: multiply each modality's (filled) bottleneck by it (the meta step's w_m).
+        ``scale`` (M,), optional: multiply each modality's bottleneck by it (the meta step's w_m).
+        ``fill=False``: decode the raw encoder bottlenecks (a missing one stays the zero response), as the
+        reference's meta step does.
         """
-        filled = fill_missing(enc.bottleneck, present)
+        filled = fill_missing(enc.bottleneck, present) if fill else enc.bottleneck
         fused = filled if scale is None else filled * scale.view(1, -1, *([1] * (filled.dim() - 2)))
         logits = self.head(fused.flatten(1, 2), [s.flatten(1, 2) for s in enc.skips])
         return ModelOutput(logits=logits, features=enc.bottleneck, filled=filled)

@@ -281,10 +281,13 @@ class ClassificationTask(Task):
             for i in range(len(ds))
         ]
 
-    def evaluate(self, run, data: str | Path | None = None) -> dict:
+    def evaluate(self, run, data: str | Path | None = None, **options) -> dict:
         """Evaluate a trained run: ``data`` None, its own table's test split; ``data`` a CSV, its subjects
         that the run did not train or hold out on (by RID), scaled with the run's scaler. Keys: ``task``,
-        ``protocol``, ``classes``, ``modalities``, ``subsets``, ``patterns``, ``mean``."""
+        ``protocol``, ``classes``, ``modalities``, ``subsets``, ``patterns``, ``mean``. ``options`` of another
+        task's evaluation (e.g. BraTS post-processing) are refused."""
+        if options:
+            raise ValueError(f"{', '.join(sorted(options))}: not an evaluation option of task {self.name}")
         path = Path(data) if data is not None else self.prepare_data(run.config.data, run.run_dir)
         splits = RunDir(run.run_dir).read_json("splits.json")
         seen = {int(r) for name in ("train", "val", "meta") for r in splits[name]}

@@ -24,13 +24,29 @@ from monai.metrics import compute_dice
 from tqdm.auto import tqdm
 
 from mckd_lab.config import RunConfig, warmup_for
-from mckd_lab.data.brats import AXES, Case, MissingModalityWarning, load_case, scan_folder, write_segmentation
+from mckd_lab.data.brats import (
+    AXES,
+    Case,
+    MissingModalityWarning,
+    label_to_regions,
+    load_case,
+    scan_folder,
+    write_segmentation,
+)
 from mckd_lab.data.cards import Card, load_card
 from mckd_lab.data.datasets import brats_dataset
 from mckd_lab.data.missing import all_subsets, parse_subset, subset_name
 from mckd_lab.data.phantoms import generate_phantoms
 from mckd_lab.explain import ExactModalityShapley, VoxelIntegratedGradients
-from mckd_lab.infer import OVERLAP, THRESHOLD, Prediction, predict_case, predict_subsets, run_device
+from mckd_lab.infer import (
+    OVERLAP,
+    THRESHOLD,
+    Prediction,
+    predict_case,
+    predict_subsets,
+    regions_to_labels,
+    run_device,
+)
 from mckd_lab.losses import SegmentationLoss
 from mckd_lab.metrics import DICE_CONVENTION, HD95_CONVENTION, dice, hd95, percent, presence_marks
 from mckd_lab.models.network import MultiModalNet, build_segmentation_network
@@ -115,19 +131,49 @@ def _short(value) -> str:
     return str(value)
 
 
+def postprocess(
+    regions: np.ndarray, card: Card, spacing: Sequence[float], et_min_mm3: float = 0.0, nested: bool = False
+) -> np.ndarray:
+    """The evaluation options many BraTS codes apply to predicted regions (R, D, H, W) in network order.
+
+    ``nested``: regions rebuilt from the label map they make (``regions_to_labels``, then the card's label
+    sets), so ET within TC within WT. ``et_min_mm3`` > 0: an ET prediction smaller than this volume (mm^3, so
+    500 voxels at 1 mm mean the same at any spacing) is relabelled necrosis: its voxels leave ET and stay in
+    TC (and WT). Returns bool (R, D, H, W).
+    """
+    regions = np.asarray(regions, dtype=bool)
+    if nested:
+        regions = label_to_regions(regions_to_labels(regions, card), card).astype(bool)
+    et, tc = card.region_names.index("ET"), card.region_names.index("TC")
+    if et_min_mm3 > 0 and 0 < regions[et].sum() * float(np.prod(spacing)) < et_min_mm3:
+        regions = regions.copy()
+        regions[tc] |= regions[et]
+        regions[et] = False
+    return regions
+
+
 def evaluate_case(
-    model: torch.nn.Module, case: Case, roi: Sequence[int], card: Card, with_hd95: bool = True
+    model: torch.nn.Module,
+    case: Case,
+    roi: Sequence[int],
+    card: Card,
+    with_hd95: bool = True,
+    et_min_mm3: float = 0.0,
+    nested: bool = False,
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Dice (and HD95) of one case for all 2^M - 1 subsets, from one encode-once sliding-window pass.
+    """Dice (and HD95) of one case for all 2^M - 1 subsets, from one encode-once sliding-window pass;
+    ``et_min_mm3`` and ``nested`` as in ``postprocess`` (off by default).
 
     Returns:
         dice (S, R) and hd95 (S, R) or None; subsets in ``all_subsets`` order, regions in report order.
     """
     subsets = all_subsets(len(card.modalities))
     masks = predict_subsets(model, case.image, subsets, roi).numpy() > THRESHOLD  # (S, 3, D, H, W)
+    spacing = [case.geometry.spacing[a] for a in AXES]  # (D, H, W) order of the arrays
+    if et_min_mm3 > 0 or nested:
+        masks = np.stack([postprocess(m, card, spacing, et_min_mm3, nested) for m in masks])
     order = [card.region_names.index(r) for r in report_regions(card)]
     target = case.target[order] > 0.5
-    spacing = [case.geometry.spacing[a] for a in AXES]  # (D, H, W) order of the arrays
     d = np.stack([dice(m[order], target) for m in masks])
     h = np.stack([hd95(m[order], target, spacing) for m in masks]) if with_hd95 else None
     return d, h
@@ -141,9 +187,12 @@ def evaluate_cases(
     with_hd95: bool = True,
     protocol: dict | None = None,
     progress: bool = False,
+    et_min_mm3: float = 0.0,
+    nested: bool = False,
 ) -> SubsetTable:
     """The all-subsets table of BraTS case folders (cases lacking a modality file are skipped, with a warning,
-    and listed in ``protocol["skipped"]``: every subset must be a real choice of inputs)."""
+    and listed in ``protocol["skipped"]``: every subset must be a real choice of inputs). ``et_min_mm3``,
+    ``nested``: the post-processing of ``postprocess``, stated in the protocol when on."""
     card = card or load_card(SegmentationTask.name)
     protocol = dict(protocol or {})
     ids, dices, hds, skipped = [], [], [], []
@@ -155,7 +204,7 @@ def evaluate_cases(
             skipped.append(case.case_id)
             warnings.warn(f"case {case.case_id}: skipped (needs labels and every modality)", stacklevel=2)
             continue
-        d, h = evaluate_case(model, case, roi, card, with_hd95)
+        d, h = evaluate_case(model, case, roi, card, with_hd95, et_min_mm3, nested)
         ids.append(case.case_id)
         dices.append(d)
         hds.append(h)
@@ -167,6 +216,10 @@ def evaluate_cases(
     protocol.update(n_cases=len(ids), inference={**inference, "encode_once": True}, dice=DICE_CONVENTION)
     if with_hd95:
         protocol["hd95"] = HD95_CONVENTION
+    if et_min_mm3 > 0:
+        protocol["postprocess"] = f"predicted ET under {et_min_mm3:g} mm^3 relabelled necrosis (kept in TC)"
+    if nested:
+        protocol["regions_from_labels"] = "predicted regions rebuilt from their label map (ET in TC in WT)"
     if skipped:
         protocol["skipped"] = skipped
     return SubsetTable(
@@ -309,10 +362,17 @@ class SegmentationTask(Task):
         return [load_case(by_id[name], card=self.card) for name in names]
 
     def evaluate(
-        self, run, data: str | Path | None = None, with_hd95: bool = True, progress: bool = False
+        self,
+        run,
+        data: str | Path | None = None,
+        with_hd95: bool = True,
+        progress: bool = False,
+        et_min_mm3: float = 0.0,
+        nested: bool = False,
     ) -> dict:
         """The all-subsets table of a run: its own test split (``data`` None), or the cases of a BraTS folder
-        ``data`` that the run did not train or hold out on (by case id)."""
+        ``data`` that the run did not train or hold out on (by case id). ``et_min_mm3``, ``nested``: the
+        BraTS post-processing options (``postprocess``), off by default."""
         config, rundir = run.config, RunDir(run.run_dir)
         splits = rundir.read_json("splits.json")
         if data is None and splits is None:
@@ -339,9 +399,10 @@ class SegmentationTask(Task):
             "iterations": run.iteration,
         }
         model = run.model.to(run_device(config))
-        return evaluate_cases(
-            model, case_dirs, config.data.crop, self.card, with_hd95, protocol, progress
-        ).to_dict()
+        table = evaluate_cases(
+            model, case_dirs, config.data.crop, self.card, with_hd95, protocol, progress, et_min_mm3, nested
+        )
+        return table.to_dict()
 
     def render_table(self, result: dict, hd95: bool = False) -> str:
         """Markdown (readable as plain text) rendering of ``evaluate``'s result: the protocol as a line above,
