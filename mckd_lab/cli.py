@@ -33,8 +33,9 @@ def _print(result, as_json: bool, text: str | None = None) -> None:
 
 
 def cmd_phantoms(a):
-    out = generate_phantoms(a.out, cases=a.cases, size=a.size, seed=a.seed)
-    print(f"wrote {a.cases} BraTS-like phantoms ({a.size}^3, seed {a.seed}) in the BraTS2018 layout to {out}")
+    out = generate_phantoms(a.out, cases=a.cases, size=a.size, seed=a.seed, redundancy=a.redundancy)
+    print(f"wrote {a.cases} BraTS-like phantoms ({a.size}^3, seed {a.seed}, redundancy {a.redundancy:g}) in the "
+          f"BraTS2018 layout to {out}")  # fmt: skip
 
 
 def cmd_cohort(a):
@@ -140,6 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cases", type=int, default=20)
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--redundancy", type=float, default=0.0,
+                   help="0: each region visible where it is in real scans (the card's contrasts); "
+                   "1: every region as visible on every sequence as on its best one")  # fmt: skip
     p.set_defaults(func=cmd_phantoms)
 
     p = sub.add_parser("cohort", help="write a synthetic ADNI-like cohort as an ADNIMERGE-format CSV")

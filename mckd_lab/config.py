@@ -18,7 +18,8 @@ class DataConfig:
     """Which data and how it is split and cropped.
 
     task: data card / task name (``brats``). root: a BraTS folder (any supported layout); None generates
-    phantoms (``phantom_cases`` cases of ``phantom_size``^3, ``phantom_seed``) into ``<run>/phantoms``.
+    phantoms (``phantom_cases`` cases of ``phantom_size``^3, ``phantom_seed``, contrasts made
+    ``phantom_redundancy`` redundant: card ``brats_phantoms``) into ``<run>/phantoms``.
     Cases are split once (``split_seed``): ``test_fraction`` kept for evaluation, ``heldout_cases`` for the
     held-out (meta) split (reference: 5 cases), the rest for training; the split is written to
     ``<run>/splits.json``. crop: training crop (D, H, W) (reference 80x160x160), foreground-biased with
@@ -37,6 +38,7 @@ class DataConfig:
     phantom_cases: int = 24
     phantom_size: int = 48
     phantom_seed: int = 0
+    phantom_redundancy: float = 0.0
     crop: tuple[int, int, int] = (48, 48, 48)
     foreground_prob: float = 0.5
     heldout_cases: int = 5
@@ -226,6 +228,7 @@ class RunConfig:
             (len(d.crop) == 3 and all(c > 0 for c in d.crop), f"data.crop {d.crop}: give (D, H, W)"),
             (0.0 <= d.test_fraction < 1.0, f"data.test_fraction {d.test_fraction} must be in [0, 1)"),
             (d.heldout_cases >= 1, f"data.heldout_cases must be >= 1, got {d.heldout_cases}"),
+            (0 <= d.phantom_redundancy <= 1, f"data.phantom_redundancy {d.phantom_redundancy} must be in [0, 1]"),
             (d.t1_size >= 16 and d.t1_size % 8 == 0, f"data.t1_size {d.t1_size}: a multiple of 8, >= 16"),
             (r.device == "cpu" or r.device.startswith("cuda"), f"runtime.device {r.device!r}: cpu|cuda[:N]"),
             (r.checkpoint_every >= 1, f"runtime.checkpoint_every must be >= 1, got {r.checkpoint_every}"),

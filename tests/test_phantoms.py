@@ -243,3 +243,26 @@ def test_round_trip_through_the_brats_loader(tmp_path):
 def test_phantom_modules_never_download(module):
     source = open(module.__file__, encoding="utf-8").read()
     assert "fetch_" not in source and "urlopen" not in source and "requests" not in source
+
+
+def test_redundancy_moves_each_tissue_towards_its_dominant_contrast():
+    from mckd_lab.data.phantoms import TISSUES, contrast_table, redundant_table
+
+    table = contrast_table()
+    flair, t1, t1ce = 0, 1, 2
+    ed, et, wm = TISSUES.index("oedema"), TISSUES.index("enhancing"), TISSUES.index("wm")
+    np.testing.assert_array_equal(redundant_table(table, 0.0), table)
+    half = redundant_table(table, 0.5)
+    # oedema on T1, by hand: wm 1.00 + 0.5 (0.76 - 1.00) + 0.5 (FLAIR's 1.85 - 1.00) = 1.305
+    assert half[t1, ed] == pytest.approx(1.305)
+    # ET on FLAIR against the (new) oedema: 1.85 + 0.5 (1.75 - 1.85) + 0.5 (T1ce's 1.70 - 0.80) = 2.25
+    assert half[flair, et] == pytest.approx(2.25)
+    full = redundant_table(table, 1.0)
+    for tissue, surround in (("oedema", "wm"), ("enhancing", "oedema"), ("necrosis", "enhancing")):
+        t, s = TISSUES.index(tissue), TISSUES.index(surround)
+        np.testing.assert_allclose(
+            full[:, t] - full[:, s], (full[:, t] - full[:, s])[t1ce if tissue != "oedema" else flair]
+        )
+    assert (full[:, wm] == table[:, wm]).all()  # normal tissue is not touched
+    with pytest.raises(ValueError, match="redundancy must be in"):
+        redundant_table(table, 1.5)

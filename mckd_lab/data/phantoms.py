@@ -111,6 +111,29 @@ def contrast_table() -> np.ndarray:
     return np.array([[table[name][t] for t in TISSUES] for name in card.modality_names], dtype=float)
 
 
+def redundant_table(table: np.ndarray, redundancy: float) -> np.ndarray:
+    """The contrast table (M, 7) with each tumour tissue made ``redundancy`` of the way as visible on every
+    sequence as on its dominant one (the card's ``dominant``), against the tissue it stands out from
+    (``surround``): with delta_m = c(m, t) - c(m, s), every sequence m gets
+    ``c'(m, t) = c'(m, s) + (1 - R) delta_m + R delta_dominant``. R = 0 is the card's table (each region
+    visible where it is in real scans); R = 1 shows every region on every sequence as well as on its best one.
+    Surrounds are adjusted before the tissues inside them (oedema before the core)."""
+    if not 0.0 <= redundancy <= 1.0:
+        raise ValueError(
+            f"redundancy must be in [0, 1] (0: the card's contrasts, 1: every region everywhere), got {redundancy}"
+        )
+    if redundancy == 0:
+        return table  # exactly the card's (jittered) table: (s + (t - s)) may round differently from t
+    card = load_card(CARD)
+    modalities = card.modality_names
+    out = table.copy()
+    for tissue, spec in card.header["dominant"].items():
+        t, s, d = TISSUES.index(tissue), TISSUES.index(spec["surround"]), modalities.index(spec["sequence"])
+        delta = table[:, t] - table[:, s]
+        out[:, t] = out[:, s] + (1 - redundancy) * delta + redundancy * delta[d]
+    return out
+
+
 @functools.lru_cache(maxsize=1)
 def _centre_candidates() -> np.ndarray:
     """(N, 3) MNI mm points where a tumour centre may be drawn: deep supratentorial white matter."""
@@ -157,9 +180,10 @@ def _plain(array):
     return tuple(_plain(a) for a in array) if np.ndim(array) else float(array)
 
 
-def render_phantom(params: PhantomParams, size: int = 64) -> Phantom:
+def render_phantom(params: PhantomParams, size: int = 64, redundancy: float = 0.0) -> Phantom:
     """Draw the phantom described by ``params`` on a cube of ``size`` voxels; deterministic (same bytes for
-    the same params and size). Steps: anatomy (+ mass effect), tumour, contrast table, bias field, noise."""
+    the same params, size and redundancy). Steps: anatomy (+ mass effect), tumour, contrast table (made
+    ``redundancy`` redundant: ``redundant_table``), bias field, noise."""
     anatomy = mni_anatomy(check_size(size))
     spacing, origin = anatomy.affine[0, 0], anatomy.affine[:3, 3]
     centre = np.asarray(params.centre_mm)
@@ -179,7 +203,7 @@ def render_phantom(params: PhantomParams, size: int = 64) -> Phantom:
 
     label = np.zeros((size,) * 3, np.uint8)
     label[box], texture = _tumour(params, rel, axes, tissue[(slice(None), *box)], brain[box])
-    image = _contrast(params, tissue, label)
+    image = _contrast(params, tissue, label, redundancy)
     image[(slice(None), *box)] *= np.where(label[box] > 0, texture, 1.0)  # real tumours are not uniform
 
     inside = np.nonzero(brain)
@@ -259,9 +283,9 @@ def _spline_on_grid(grid: np.ndarray, where: list[np.ndarray]) -> np.ndarray:
     return np.einsum("ai,bj,ck,nijk->nabc", *weights, grid, optimize=True)
 
 
-def _contrast(params: PhantomParams, tissue: np.ndarray, label: np.ndarray) -> np.ndarray:
+def _contrast(params: PhantomParams, tissue: np.ndarray, label: np.ndarray, redundancy: float) -> np.ndarray:
     """float32 (M, S, S, S): partial-volume mix of CSF/GM/WM, tumour tissue by label; the jittered table."""
-    table = (contrast_table() * np.asarray(params.contrast)).astype(np.float32)
+    table = (redundant_table(contrast_table() * np.asarray(params.contrast), redundancy)).astype(np.float32)
     image = np.einsum("mt,t...->m...", table[:, :3], tissue)
     tumour_tissue = {2: "oedema", 1: "necrosis" if params.enhancing else "non_enhancing", 4: "enhancing"}
     for value, name in tumour_tissue.items():
@@ -269,9 +293,9 @@ def _contrast(params: PhantomParams, tissue: np.ndarray, label: np.ndarray) -> n
     return image
 
 
-def make_phantom(size: int = 64, rng=None, enhancing: bool | None = None) -> Phantom:
+def make_phantom(size: int = 64, rng=None, enhancing: bool | None = None, redundancy: float = 0.0) -> Phantom:
     """One random phantom: parameters drawn with ``rng`` (Generator, seed or None), rendered at ``size``."""
-    return render_phantom(sample_phantom_params(rng, enhancing=enhancing), size)
+    return render_phantom(sample_phantom_params(rng, enhancing=enhancing), size, redundancy)
 
 
 def region_contrast(image: np.ndarray, label: np.ndarray, shell: int = 2) -> dict[str, dict[str, float]]:
@@ -309,13 +333,16 @@ def _effect_size(values: np.ndarray, a: np.ndarray, b: np.ndarray) -> float:
     )
 
 
-def generate_phantoms(out_dir, cases: int = 10, size: int = 64, seed: int = 0) -> Path:
+def generate_phantoms(
+    out_dir, cases: int = 10, size: int = 64, seed: int = 0, redundancy: float = 0.0
+) -> Path:
     """Write ``cases`` phantoms in the BraTS 2018 layout under ``out_dir`` and return it as a Path.
 
     ``out_dir/HGG/Brats18_SYN_<n>_1/Brats18_SYN_<n>_1_{flair,t1,t1ce,t2,seg}.nii.gz`` (LGG/ for cases
     without enhancement; patterns from the brats card's ``layouts.brats2018``); images int16 (relative
     intensity times the card's ``write_scale``), seg uint8, affine to MNI152 mm (sform/qform code 4).
-    ``phantoms.json`` records each case's parameters (``PhantomParams.from_dict`` replays them).
+    ``phantoms.json`` records each case's parameters (``PhantomParams.from_dict`` replays them) and the
+    ``redundancy`` of the contrasts (``redundant_table``; 0: the card's).
     Case n depends only on (seed, n), not on ``cases``. Refuses a folder that already has HGG/ or LGG/."""
     size = check_size(size)
     if isinstance(cases, bool) or not isinstance(cases, int | np.integer) or cases < 1:
@@ -332,7 +359,7 @@ def generate_phantoms(out_dir, cases: int = 10, size: int = 64, seed: int = 0) -
         )
     records = {}
     for n, child in enumerate(np.random.SeedSequence(seed).spawn(cases), start=1):
-        phantom = make_phantom(size, np.random.default_rng(child))
+        phantom = make_phantom(size, np.random.default_rng(child), redundancy=redundancy)
         case = f"{card.header['case_prefix']}_{n:03d}_1"
         case_dir = out / phantom.params.grade / case
         case_dir.mkdir(parents=True)
@@ -347,6 +374,7 @@ def generate_phantoms(out_dir, cases: int = 10, size: int = 64, seed: int = 0) -
             phantom.label, phantom.affine, case_dir / f"{layout['files']['seg'].format(case=case)}.nii.gz"
         )
         records[case] = dataclasses.asdict(phantom.params)
-    manifest = {"generator": __name__, "card": CARD, "seed": int(seed), "size": size, "cases": records}
+    manifest = {"generator": __name__, "card": CARD, "seed": int(seed), "size": size,
+                "redundancy": float(redundancy), "cases": records}  # fmt: skip
     (out / "phantoms.json").write_text(json.dumps(manifest, indent=1), encoding="utf-8")
     return out

@@ -305,10 +305,12 @@ class SegmentationTask(Task):
                 cases=data_config.phantom_cases,
                 size=data_config.phantom_size,
                 seed=data_config.phantom_seed,
+                redundancy=data_config.phantom_redundancy,
             )
         recorded = json.loads(manifest.read_text())
-        if (recorded["seed"], recorded["size"], len(recorded["cases"])) != (
-            data_config.phantom_seed, data_config.phantom_size, data_config.phantom_cases):  # fmt: skip
+        if (recorded["seed"], recorded["size"], len(recorded["cases"]), recorded.get("redundancy", 0.0)) != (
+            data_config.phantom_seed, data_config.phantom_size, data_config.phantom_cases,
+            data_config.phantom_redundancy):  # fmt: skip
             raise ValueError(f"{folder} holds other phantoms than data.phantom_*; use a new run folder")
         return folder
 
