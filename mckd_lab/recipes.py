@@ -7,16 +7,18 @@
 - ``train_or_reuse``: running a notebook again reuses its finished run, continues an interrupted one, or
   trains; ``load_or_train``: notebooks 3 and 4 reuse notebook 1's run or train the one it would.
 - ``split_cases``: the cases of one split of a run, as views take them (``Task.cases``).
+- ``describe_config``: a run configuration in a few lines (what differs from ``RunConfig``'s defaults).
 """
 
 from __future__ import annotations
 
 import shutil
 import sys
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from mckd_lab.config import RunConfig
-from mckd_lab.rundir import CHECKPOINT, RunDir
+from mckd_lab.rundir import CHECKPOINT, RunDir, load_checkpoint
 from mckd_lab.runs import Run, load_run
 from mckd_lab.tasks import make_task
 from mckd_lab.train import train
@@ -56,21 +58,38 @@ def prepare_run(config: RunConfig, run_dir: str | Path) -> Path:
     return make_task(config.data.task).prepare_data(config.data, folder.path)
 
 
-def train_or_reuse(config: RunConfig, run_dir: str | Path, **train_kwargs) -> Run:
+def train_or_reuse(
+    config: RunConfig, run_dir: str | Path, *, callbacks: Sequence[Callable[[dict], None]] = (), **train_kwargs
+) -> Run:
     """Train ``config`` into ``run_dir`` so that running a notebook again just works; returns the ``Run``.
 
     The folder is prepared (``prepare_run``); a finished run of the same config is reused at once, an
-    interrupted one continues from its checkpoint. ``train_kwargs`` go to ``mckd_lab.train.train`` (e.g.
-    ``callbacks``).
+    interrupted one continues from its checkpoint. ``callbacks`` see every history record of the run in order,
+    whichever way it came: a reused run's records are replayed to them from ``history.jsonl``, and a continued
+    run's records before its checkpoint, so that a live view (``ImportanceWeightsView.append``) draws the same
+    figure for a reused run as for a fresh one. ``train_kwargs`` go to ``mckd_lab.train.train``.
     """
     prepare_run(config, run_dir)
     folder = RunDir(run_dir)
     if folder.finished:
-        return load_run(folder.path)
+        run = load_run(folder.path)
+        replay(run.history, callbacks)
+        return run
     if (folder / CHECKPOINT).is_file():
-        return train(config, folder.path, resume=True, **train_kwargs)
+        start = load_checkpoint(folder / CHECKPOINT)["iteration"]
+        replay((r for r in folder.history() if r.get("iteration", -1) < start), callbacks)
+        return train(config, folder.path, resume=True, callbacks=callbacks, **train_kwargs)
     folder.clear()  # stopped before its first checkpoint: start again
-    return train(config, folder.path, **train_kwargs)
+    return train(config, folder.path, callbacks=callbacks, **train_kwargs)
+
+
+def replay(records: Iterable[dict], callbacks: Sequence[Callable[[dict], None]]) -> None:
+    """Hand each history record to every callback, in order (as ``train`` does while it writes them)."""
+    callbacks = list(callbacks)
+    if callbacks:
+        for record in records:
+            for callback in callbacks:
+                callback(record)
 
 
 def load_or_train(source_run: str | Path, config: RunConfig) -> Run:
@@ -84,3 +103,31 @@ def split_cases(run: Run, split: str = "test") -> list:
     """The cases of one split of a run (``splits.json``), read from the run's data: BraTS ``Case`` objects,
     ADNI ``Subject`` objects (``Task.cases``)."""
     return run.task.cases(run, split)
+
+
+def describe_config(config: RunConfig) -> str:
+    """A run configuration in a few lines: per section, the fields that differ from ``RunConfig()``'s
+    defaults (the task and the method always), then where the whole of it is. For a notebook's first cell,
+    instead of the dataclass's one long line."""
+    given, default = config.to_dict(), RunConfig().to_dict()
+    always = {"data": ("task",), "method": ("name",), "optim": ("iterations",)}
+    lines = []
+    for section, fields in given.items():
+        if not isinstance(fields, dict):
+            continue
+        shown = [
+            f"{key}={_plain(value)}"
+            for key, value in fields.items()
+            if key in always.get(section, ()) or value != default.get(section, {}).get(key)
+        ]
+        if shown:
+            lines.append(f"{section:<8} " + ", ".join(shown))
+    lines.append("(every other field at RunConfig's default; all of it: config.to_dict(), or config.json in the run)")
+    return "\n".join(lines)
+
+
+def _plain(value) -> str:
+    """A config value as written in a summary: sizes as 32×32×32, None as none, the rest as str."""
+    if isinstance(value, list | tuple) and value and all(isinstance(v, int) for v in value):
+        return "×".join(str(v) for v in value)
+    return "none" if value is None else str(value)

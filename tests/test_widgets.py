@@ -17,7 +17,7 @@ from mckd_lab.data.cards import load_card
 from mckd_lab.data.missing import all_subsets
 from mckd_lab.evaluate import SubsetTable
 from mckd_lab.explain import modality_shapley, tabular_integrated_gradients, voxel_attribution
-from mckd_lab.recipes import split_cases
+from mckd_lab.recipes import describe_config, split_cases, train_or_reuse
 from mckd_lab.train import train
 from widgets import (
     AttributionView,
@@ -124,13 +124,75 @@ def test_weights_of_a_real_run_live_and_static(trained):
         assert [(s.x0, s.x1) for s in fig.layout.shapes if s.type == "rect"] == [(0, 1), (2, 3)]
 
 
+def test_a_reused_run_draws_the_weights_a_fresh_run_drew(tmp_path):
+    """Notebooks call ``train_or_reuse(config, run_dir, callbacks=[view.append])``: run again (a finished run,
+    nothing trains) or after an interruption (continued from the checkpoint), the view must get the same
+    records and draw the same figure as the first time (issue 15, point 2)."""
+    config = RunConfig().with_overrides(
+        {
+            "data.phantom_cases": 4, "data.phantom_size": 32, "data.crop": [32, 32, 32],
+            "data.heldout_cases": 1, "data.test_fraction": 0.25, "model.channels": [4, 8],
+            "optim.iterations": 3, "optim.warmup_iterations": 1, "method.meta_every_warmup": 1,
+            "method.meta_every_missing": 1, "method.meta_batches": 1, "runtime.progress": False,
+            "runtime.checkpoint_every": 2,
+        }
+    )  # fmt: skip
+
+    def interrupt(record: dict) -> None:
+        if record["iteration"] == 2:
+            raise KeyboardInterrupt  # the student stops the cell after the checkpoint of iteration 2
+
+    with pytest.raises(KeyboardInterrupt):
+        train_or_reuse(config, tmp_path / "run", callbacks=[interrupt])
+    assert not (tmp_path / "run" / "model.pt").exists()
+    continued = ImportanceWeightsView(names=NAMES)
+    continued.widget  # noqa: B018 - live, as in JupyterLab
+    run = train_or_reuse(config, tmp_path / "run", callbacks=[continued.append])
+    assert [r["iteration"] for r in continued.history if r["kind"] == "meta"] == [0, 1, 2]
+    assert continued.history == run.history  # records before the checkpoint replayed, then trained ones
+
+    reused = ImportanceWeightsView(names=NAMES)
+    reused.widget  # noqa: B018
+    again = train_or_reuse(config, tmp_path / "run", callbacks=[reused.append])
+    assert again.iteration == run.iteration == 3 and reused.history == run.history
+    expected = ImportanceWeightsView(run.history).figure()
+    for live in (continued.widget.children[0], reused.widget.children[0]):
+        assert [list(t.y) for t in live.data] == [list(t.y) for t in expected.data] and len(live.data[0].y) == 3
+        assert "no meta step" not in live.layout.title.text
+
+
+def test_describe_config_is_short_and_names_what_differs():
+    from mckd_lab.recipes import adni_config, brats_config
+
+    text = describe_config(brats_config(iterations=1000, cases=16, size=32))
+    assert len(text.splitlines()) <= 6 and max(len(line) for line in text.splitlines()) <= 110
+    assert "task=brats" in text and "iterations=1000" in text and "crop=32×32×32" in text
+    assert "name=mckd" in text and "backbone" not in text  # a default is not repeated
+    assert "task=adni" in describe_config(adni_config(epochs=2, subjects=200))
+
+
+# --- titles below the toolbar -------------------------------------------------------------------------------
+
+
+def test_title_layout_keeps_titles_below_the_toolbar_row():
+    from widgets._base import LINE_PX, TOOLBAR_PX, title_layout
+
+    one, two = title_layout("a"), title_layout("a<br><sup>b</sup>", subplot_titles=True)
+    for layout in (one, two):
+        fig = go.Figure(layout={k: v for k, v in layout.items() if k != "margin_t"})
+        fig.update_layout(margin_t=layout["margin_t"])
+        assert fig.layout.title.yref == "container" and fig.layout.title.yanchor == "top"
+        assert fig.layout.title.pad.t >= TOOLBAR_PX and fig.layout.title.xanchor == "left"
+    assert two["margin_t"] >= one["margin_t"] + LINE_PX  # a second line and the subplot titles get room
+
+
 # --- segmentation viewer ------------------------------------------------------------------------------------
 
 
 def test_viewer_slices_sequences_and_overlays(cases):
     case = cases[0]
     viewer = SegmentationViewer(
-        case.image, NAMES, CARD.region_names, target=case.target, prediction=case.target
+        case.image, NAMES, CARD.region_names, target=case.target, prediction=case.target, display_min=None
     )
     wt = case.target[1]
     assert viewer.cursor == [int(round(c)) for c in np.argwhere(wt).mean(0)]
@@ -152,6 +214,30 @@ def test_viewer_slices_sequences_and_overlays(cases):
     assert live.data[1].visible is True  # ET stays
 
 
+def test_viewer_draws_a_small_case_enlarged_with_a_legend(cases):
+    case = cases[0]
+    assert max(case.image.shape[1:]) < 64  # a 32^3 phantom's brain crop
+    viewer = SegmentationViewer(case.image, NAMES, CARD.region_names, target=case.target)
+    k = viewer.factor
+    assert k >= 2 and min(viewer.display_shape) >= 64 and viewer.display_shape == tuple(
+        k * s for s in case.image.shape[1:]
+    )
+    fig = viewer.figure()
+    axial = np.asarray(fig.data[0].z)
+    assert axial.shape == (viewer.display_shape[2], viewer.display_shape[1])  # (W, H) drawn
+    # the ground truth drawn is the case's mask, each voxel a k x k block (interpolated, cut at 0.5)
+    wt = viewer.overlay_slice("target", "WT", 0)
+    native = case.target[1][viewer.cursor[0] // k].T.astype(bool)
+    block = np.kron(native, np.ones((k, k), bool))
+    assert (wt != block).mean() < 0.1 and wt.sum() == pytest.approx(block.sum(), rel=0.25)
+    assert "enlarged" in fig.layout.title.text and f"{k}×" in fig.layout.title.text
+    # a legend: which colour is which region, which overlay is which
+    legend = [t for t in fig.data if t.showlegend is not False and isinstance(t, go.Scatter)]
+    assert {t.legendgroup for t in legend} == {"ground truth (outline)"}  # no prediction given
+    assert sorted(t.name.split()[0] for t in legend) == ["ET", "TC", "WT"]
+    assert any("enhancing tumour" in t.name for t in legend) and fig.layout.showlegend
+
+
 def test_outline_of_a_square_is_its_border():
     from widgets.viewer import outline
 
@@ -165,7 +251,9 @@ def test_outline_of_a_square_is_its_border():
 
 def test_drop_explorer_equals_forward_and_updates_on_toggle(cases, model):
     case = cases[0]
-    explorer = ModalityDropExplorer(model, case.image, case.target, available=case.present, card=CARD)
+    explorer = ModalityDropExplorer(
+        model, case.image, case.target, available=case.present, card=CARD, display_min=None
+    )
     explorer.widget  # noqa: B018
     np.testing.assert_allclose(
         explorer.probabilities, forward_probabilities(model, case.image, (True,) * 4), atol=1e-5
@@ -185,6 +273,26 @@ def test_drop_explorer_equals_forward_and_updates_on_toggle(cases, model):
     for r, region in enumerate(CARD.region_names):
         assert scores[region] == pytest.approx(hand_dice(pred[r], case.target[r].astype(bool)))
     assert f"{scores['ET']:.3f}" in explorer._report.value and "filled</b>" in explorer._report.value
+
+
+def test_drop_explorer_viewer_follows_the_ticked_sequences(cases, model):
+    case = cases[0]
+    explorer = ModalityDropExplorer(model, case.image, case.target, available=case.present, card=CARD)
+    explorer.widget  # noqa: B018
+    viewer = explorer.viewer
+    assert viewer.sequence == "flair" and viewer.factor >= 2
+    explorer.checkboxes["flair"].value = False
+    assert viewer.sequence == "t1" and viewer.controls["sequence"].value == "t1"
+    assert "flair" not in viewer.controls["sequence"].options  # a missing sequence cannot be shown
+    np.testing.assert_allclose(np.asarray(viewer._live.data[0].z), viewer.volume("t1")[viewer.cursor[0]].T)
+    explorer.checkboxes["flair"].value = True
+    assert "flair" in viewer.controls["sequence"].options and viewer.sequence == "t1"  # stays where it was
+    # the prediction drawn is the enlarged one of the current subset
+    k, axial = viewer.factor, viewer.cursor[0]
+    drawn = np.asarray(viewer._live.data[4].z) == 1  # axial ET prediction
+    native = (explorer.probabilities[0] > 0.5)[axial // k].T
+    assert drawn.shape == (k * native.shape[0], k * native.shape[1])
+    assert (drawn != np.kron(native, np.ones((k, k), bool))).mean() < 0.1
 
 
 def test_drop_explorer_keeps_one_modality_and_respects_the_case(cases, model):
@@ -278,6 +386,22 @@ def test_subset_table_of_an_adni_run(adni_run):
     assert fig.data[0].y[-1] == "mean" and "score %" in fig.data[0].colorbar.title.text
 
 
+def test_rendered_table_folds_patterns_too_rare_to_mean_anything(adni_run):
+    from widgets.subsets import rendered_table, table_markdown
+
+    table = evaluate_classification(adni_run)
+    rare = [p for p in table["patterns"] if p["n"] < 10]
+    text = table_markdown(table, min_n=10)
+    kept = [p for p in table["patterns"] if p["n"] >= 10]
+    assert all(f"\n| {p['pattern']} | {p['n']} |" in text for p in kept)
+    assert not any(f"\n| {p['pattern']} | {p['n']} |" in text for p in rare)
+    if rare:
+        assert f"({sum(p['n'] for p in rare)} in all)" in text and "fewer than 10" in text
+    everything = table_markdown(table, min_n=1)
+    assert all(f"\n| {p['pattern']} | {p['n']} |" in everything for p in table["patterns"])
+    assert rendered_table(table)._repr_markdown_() == text  # a Markdown object: the notebook renders it
+
+
 # --- experiments dashboard ----------------------------------------------------------------------------------
 
 
@@ -352,12 +476,38 @@ def test_attributions_bars_and_maps_from_explain(cases, model):
         model, case.image, case.present, CARD.region_names, value="probability", roi=roi
     )
     ig = voxel_attribution(model, case.image, case.present, "ET", CARD.region_names, roi, n_steps=2)
-    view = AttributionView(shapley, [ig])
+    view = AttributionView(shapley, [ig], display_min=None)
     fig = view.figure()
     np.testing.assert_allclose(fig.data[0].y, shapley.values[0])  # ET's Shapley value per modality
     np.testing.assert_allclose(fig.data[1].y, shapley.values[2])  # TC: bars in the paper's order ET, TC, WT
-    assert [t.name for t in fig.data[:3]] == ["ET (probability)", "TC (probability)", "WT (probability)"]
+    assert [t.name for t in fig.data[:3]] == ["φ for ET", "φ for TC", "φ for WT"]
+    assert fig.layout.yaxis.title.text == "Shapley value φ (probability)" and "Shapley" in fig.layout.title.text
+    # the maps in per cent of |F(x) - F(0)|: all of them sum to 100 % of it, less the convergence gap
+    change = ig.attribution.sum() - ig.delta
+    relative = 100 * ig.attribution / abs(change)
+    assert relative.sum() == pytest.approx(100 * np.sign(change) * (1 + ig.delta / change), rel=1e-4)
     view.widget  # noqa: B018
     view.controls["plane"].value = "coronal"
     view.controls["slice"].value = 4
-    np.testing.assert_array_equal(view._live.data[3 + 2].z, ig.attribution[2][:, :, 4])  # t1ce, coronal 4
+    np.testing.assert_allclose(view._live.data[3 + 2].z, relative[2][:, :, 4], rtol=1e-5)  # t1ce, coronal 4
+    assert "% of |F(x) − F(0)|" in view._live.data[3 + 3].colorbar.title.text
+    assert f"{abs(ig.delta / change):.1%}" in view._live.layout.title.text  # the completeness gap, stated
+
+
+def test_attribution_maps_over_the_anatomy_with_the_tumour_outline(cases, model):
+    from widgets.attributions import completeness
+
+    case = cases[0]
+    ig = voxel_attribution(model, case.image, case.present, "WT", CARD.region_names, (32, 32, 32), n_steps=2)
+    view = AttributionView(maps=[ig], image=case.image, target=case.target)
+    k = view.factor
+    fig = view.figure()
+    # per sequence panel: its anatomy (grey), the map, the WT outline; then the outline's legend entry
+    anatomy, drawn, ring = fig.data[1], fig.data[2], fig.data[3]
+    assert anatomy.colorscale[0][1].startswith("rgb") and np.asarray(anatomy.z).shape == np.asarray(drawn.z).shape
+    np.testing.assert_allclose(np.asarray(anatomy.z), view._anatomy[0][view.index].T, rtol=1e-6)
+    wt = np.kron(case.target[1][view.index // k].T, np.ones((k, k))) > 0
+    assert np.asarray(ring.z).sum() > 0 and (np.asarray(ring.z).astype(bool) & ~wt).sum() <= k * wt.shape[0]
+    bound = view.drawn_map()[2]
+    assert drawn.zmax == bound == -drawn.zmin and bound < np.abs(view.drawn_map()[0]).max() + 1e-9
+    assert fig.data[-1].name == "WT ground-truth outline" and "gap of" in completeness(ig)

@@ -12,8 +12,38 @@ REGION_COLOURS = {"ET": "#d62728", "TC": "#ff7f0e", "WT": "#2ca02c"}
 MODALITY_COLOURS = ("#1f77b4", "#9467bd", "#e377c2", "#17becf", "#8c564b", "#bcbd22", "#7f7f7f", "#2ca02c")
 
 
+# Plotly draws its toolbar (the modebar) in a row about 26 px high at the figure's top right. Titles start
+# below that row, left-aligned, so that no title can run under the toolbar whatever its length.
+TOOLBAR_PX = 30
+LINE_PX = 22  # one line of title text (14 px font) with its spacing
+SUBPLOT_TITLE_PX = 26  # the band above the plots that subplot titles sit in
+
+
 def modality_colour(index: int) -> str:
     return MODALITY_COLOURS[index % len(MODALITY_COLOURS)]
+
+
+def title_layout(text: str, subplot_titles: bool = False) -> dict:
+    """Layout keys for a figure title in the row below the plotly toolbar: ``title`` (left-aligned, top
+    anchored ``TOOLBAR_PX`` below the top edge) and the top margin that holds it, its ``<br>`` lines and, with
+    ``subplot_titles``, the band of the subplot titles below it. Use as ``fig.update_layout(**title_layout(t))``
+    (a ``margin`` given after it keeps this ``t``: pass ``margin={"t": ...}`` only to override it)."""
+    lines = text.count("<br>") + 1 if text else 0
+    top = TOOLBAR_PX + LINE_PX * lines + (SUBPLOT_TITLE_PX if subplot_titles else 8)
+    return {
+        "title": {
+            "text": text,
+            "x": 0.0,
+            "xanchor": "left",
+            "xref": "paper",
+            "y": 1.0,
+            "yanchor": "top",
+            "yref": "container",
+            "pad": {"t": TOOLBAR_PX},
+            "font": {"size": 15},
+        },
+        "margin_t": top,
+    }
 
 
 class View:

@@ -16,7 +16,7 @@ import plotly.graph_objects as go
 
 from mckd_lab.runs import load_results
 
-from ._base import View, modality_colour, sync_figure
+from ._base import View, modality_colour, sync_figure, title_layout
 
 BOOKKEEPING = ("run", "notebook", "seed", "status", "cached", "seconds", "error")
 
@@ -87,11 +87,11 @@ class ExperimentsDashboard(View):
             )
         )
         fig.update_layout(
-            title=f"{self.metric.removeprefix('metrics.')} by {self.by} ({len(self.table)} runs)",
+            **title_layout(f"{self.metric.removeprefix('metrics.')} by {self.by} ({len(self.table)} runs)"),
             xaxis_title=self.by,
             yaxis_title=self.metric.removeprefix("metrics."),
-            height=380,
-            margin={"t": 50, "b": 40, "l": 60, "r": 20},
+            height=400,
+            margin={"b": 40, "l": 60, "r": 20},
         )
         return fig
 

@@ -23,8 +23,8 @@ from mckd_lab.infer import THRESHOLD
 from mckd_lab.metrics import dice
 from mckd_lab.tasks import Task, make_task
 
-from ._base import View, sync_figure
-from .viewer import SegmentationViewer
+from ._base import View, sync_figure, title_layout
+from .viewer import DISPLAY_MIN, SegmentationViewer
 
 
 def padded_batch(model: nn.Module, image: np.ndarray) -> torch.Tensor:
@@ -64,6 +64,8 @@ class ModalityDropExplorer(View):
         threads: torch threads while encoding and on each toggle (None: torch's setting). One by default: a
             48^3 decode gains little from more, and on a busy machine OpenMP threads waiting on each other
             make a toggle several times slower (benchmarks/results/widgets.json).
+        display_min: segmentation: the viewer draws a case with a side under this many voxels enlarged (see
+            ``SegmentationViewer``); None: as it is. Dice is always computed on the case's own voxels.
     """
 
     def __init__(
@@ -77,6 +79,7 @@ class ModalityDropExplorer(View):
         threads: int | None = 1,
         names: Sequence[str] | None = None,
         task: Task | None = None,
+        display_min: int | None = DISPLAY_MIN,
     ):
         self.card = card or (task.card if task is not None else load_card("brats"))
         self.probabilities_of = (task or make_task(self.card.name)).probabilities
@@ -100,9 +103,12 @@ class ModalityDropExplorer(View):
         self.probabilities = self.full
         self.full_dice = self.dice()
         if not self.classification:
+            descriptions = {r["name"]: r["description"] for r in self.card.header.get("regions", ())}
             self.viewer = SegmentationViewer(
-                image, self.names, self.card.region_names, target, self.full > THRESHOLD, title=title
-            )
+                image, self.names, self.card.region_names, target, self.full > THRESHOLD, title=title,
+                display_min=display_min, descriptions=descriptions,
+            )  # fmt: skip
+            self.viewer.set_sequences(self._ticked_names(self.present))
 
     def _batch(self, image) -> torch.Tensor | dict[str, torch.Tensor]:
         """One-sample batch on the model's device; volumes zero-padded to a multiple of the output stride."""
@@ -139,14 +145,18 @@ class ModalityDropExplorer(View):
             self.present = present
             if not self.classification:
                 self.viewer.set_prediction(self.probabilities > THRESHOLD)
+                self.viewer.set_sequences(self._ticked_names(present))  # a missing sequence is not shown
             if "widget" in self.__dict__:
                 self._set_ticks(present)
                 self._report.value = self.report_html()
                 if self.classification:
                     sync_figure(self._live, self.figure())
 
+    def _ticked_names(self, mask: Sequence[bool]) -> list[str]:
+        return [m for m, p in zip(self.names, mask, strict=True) if p]
+
     def _join(self, mask: Sequence[bool]) -> str:
-        return ", ".join(m for m, p in zip(self.names, mask, strict=True) if p) or "none"
+        return ", ".join(self._ticked_names(mask)) or "none"
 
     def filled(self) -> tuple[str, ...]:
         """The modalities whose bottleneck is filled (mean of the present ones) in the current prediction."""
@@ -188,11 +198,8 @@ class ModalityDropExplorer(View):
         if not self.classification:
             fig = self.viewer.figure()
             scores = ", ".join(f"{r} {v:.3f}" for r, v in (self.dice() or {}).items())
-            fig.update_layout(
-                title=f"{fig.layout.title.text}<br><sup>present: {self._join(self.present)}"
-                + (f"; Dice {scores}" if scores else "")
-                + "</sup>"
-            )
+            subtitle = f"present: {self._join(self.present)}" + (f"; Dice {scores}" if scores else "")
+            fig.update_layout(**title_layout(f"{fig.layout.title.text}<br><sup>{subtitle}</sup>", True))
             return fig
         classes = [
             f"{c} (true)" if self.target is not None and k == int(self.target) else c
@@ -205,10 +212,10 @@ class ModalityDropExplorer(View):
             ]
         )
         fig.update_layout(
-            title=f"{self.title} class probabilities".strip(),
+            **title_layout(f"{self.title} class probabilities".strip()),
             yaxis={"range": [0, 1], "title": "probability"},
             barmode="group",
-            height=320,
+            height=340,
         )
         return fig
 

@@ -25,7 +25,7 @@ from torch import nn
 from mckd_lab.data.cards import Card, load_card
 from mckd_lab.data.missing import all_subsets, subset_name
 
-from ._base import View, modality_colour, sync_figure
+from ._base import View, modality_colour, sync_figure, title_layout
 from .drop import padded_batch
 
 
@@ -128,33 +128,30 @@ class DistilledFeatures(View):
         fig = make_subplots(
             rows=1,
             cols=3,
-            column_widths=[0.3, 0.22, 0.48],
-            horizontal_spacing=0.08,
+            column_widths=[0.3, 0.2, 0.5],
+            horizontal_spacing=0.09,
             subplot_titles=(
-                "l_ij: f_j filled from f_i",
-                f"|filled - real|, {subset_name(self.present, self.names)}",
-                "PCA, pooled bottlenecks",
+                "ℓ<sub>ij</sub> = mean |f<sub>i</sub> − f<sub>j</sub>|",
+                "|filled − real f<sub>j</sub>|",
+                "PCA of the pooled bottlenecks",
             ),
         )
-        left, right = fig.layout.xaxis.domain
+        right = fig.layout.xaxis.domain[1]
         fig.add_trace(
             go.Heatmap(
                 z=[[None if np.isnan(v) else v for v in row] for row in self.pairs],  # JSON has no NaN
                 x=self.names,
                 y=self.names,
                 colorscale="Blues",
-                colorbar={
-                    "orientation": "h",
-                    "x": (left + right) / 2,
-                    "len": right - left,
-                    "y": -0.2,
-                    "thickness": 10,
-                },  # fmt: skip
-                hovertemplate="filled from %{y}, replacing %{x}: %{z:.4f}<extra></extra>",
+                colorbar={"x": right + 0.005, "xanchor": "left", "len": 0.9, "y": 0.5, "thickness": 12,
+                          "title": {"text": "ℓ<sub>ij</sub>", "side": "top"}},  # fmt: skip
+                hovertemplate="ℓ: %{x} filled from %{y} alone: %{z:.4f}<extra></extra>",
             ),
             row=1,
             col=1,
         )
+        fig.update_xaxes(title_text="j (the feature replaced)", row=1, col=1)
+        fig.update_yaxes(title_text="i (filled from)", row=1, col=1)
         distances = self.subset_distances(self.present)
         fig.add_trace(
             go.Bar(
@@ -191,12 +188,20 @@ class DistilledFeatures(View):
                     row=1,
                     col=3,
                 )
+        fig.update_xaxes(title_text=f"j, with {subset_name(self.present, self.names)} present", row=1, col=2)
+        fig.update_xaxes(title_text="PC 1", row=1, col=3)
+        fig.update_yaxes(title_text="PC 2", row=1, col=3)
         fig.update_yaxes(autorange="reversed", row=1, col=1)
         fig.update_layout(
-            title=f"Distilled features over {len(self.features)} cases",
-            height=420,
-            margin={"t": 70, "b": 70, "l": 50, "r": 10},
+            **title_layout(
+                f"Real and filled bottleneck features over {len(self.features)} cases<br><sup>ℓ and the "
+                "distances: mean absolute difference per feature value; ○ real, × filled</sup>",
+                subplot_titles=True,
+            ),
+            height=460,
+            margin={"b": 50, "l": 60, "r": 10},
             showlegend=True,
+            legend={"title": {"text": "modality"}, "font": {"size": 11}},
         )
         return fig
 

@@ -14,15 +14,43 @@ import ipywidgets as ipw
 import numpy as np
 import plotly.graph_objects as go
 
+from mckd_lab.runs import render_table
 from mckd_lab.tasks import task_of
 
-from ._base import View, sync_figure
+from ._base import View, sync_figure, title_layout
+
+RARE = 10  # availability patterns seen in fewer test subjects than this are folded away (see rendered_table)
 
 
 def table_arrays(table: dict) -> tuple[list[str], list[str], np.ndarray, str]:
     """``(row names incl. the mean row, columns, values (S + 1, C) in % (NaN: undefined), what they are)``, as
     the task that made the table lays it out (``Task.table_arrays``)."""
     return task_of(table).table_arrays(table)
+
+
+def rendered_table(result: dict, min_n: int = RARE):
+    """An evaluation result (``evaluate_run``, ``metrics.json``) as rendered Markdown for a notebook: the task's
+    ``render_table``, with the availability patterns (``patterns``, ADNI) seen in fewer than ``min_n`` test
+    subjects folded into one note below the table: a score over one or two subjects says nothing."""
+    from IPython.display import Markdown
+
+    return Markdown(table_markdown(result, min_n))
+
+
+def table_markdown(result: dict, min_n: int = RARE) -> str:
+    """The Markdown text of ``rendered_table``."""
+    patterns = result.get("patterns")
+    if not patterns:
+        return render_table(result)
+    rare = [p for p in patterns if p["n"] < min_n]
+    text = render_table({**result, "patterns": [p for p in patterns if p["n"] >= min_n]})
+    if rare:
+        text += (
+            f"\n\n*{len(rare)} other availability pattern{'s' * (len(rare) > 1)} "
+            f"({', '.join(p['pattern'] for p in rare)}) occur in fewer than {min_n} test subjects each "
+            f"({sum(p['n'] for p in rare)} in all): not shown, a score over so few subjects says nothing.*"
+        )
+    return text
 
 
 class SubsetTableView(View):
@@ -71,11 +99,13 @@ class SubsetTableView(View):
         )
         protocol = self.table.get("protocol", {})
         fig.update_layout(
-            title=f"Mean {self.what} per subset ({', '.join(self.modalities)})"
-            + (f"<br><sup>{protocol.get('data', '')} {protocol.get('split', '')}</sup>" if protocol else ""),
+            **title_layout(
+                f"Mean {self.what} per subset of {', '.join(self.modalities)} present"
+                + (f"<br><sup>{protocol.get('data', '')}, {protocol.get('split', '')}</sup>" if protocol else "")
+            ),
             yaxis={"autorange": "reversed", "title": None},
-            height=120 + 24 * len(self.names),
-            margin={"t": 70, "b": 30, "l": 150, "r": 20},
+            height=140 + 24 * len(self.names),
+            margin={"b": 30, "l": 150, "r": 20},
         )
         return fig
 

@@ -13,7 +13,7 @@ import ipywidgets as ipw
 import numpy as np
 import plotly.graph_objects as go
 
-from ._base import View, modality_colour, sync_figure
+from ._base import View, modality_colour, sync_figure, title_layout
 
 STAGE_COLOURS = {"warmup": "rgba(31,119,180,0.08)", "missing": "rgba(214,39,40,0.08)"}
 
@@ -82,19 +82,19 @@ def weights_figure(history: Sequence[dict], names: Sequence[str] | None = None) 
             annotation_text=stage,
             annotation_position="top left",
         )
-    fig.add_hline(y=1 / len(names), line_dash="dot", line_color="grey", annotation_text="uniform")
+    fig.add_hline(y=1 / len(names), line_dash="dot", line_color="grey", annotation_text=f"uniform 1/{len(names)}")
     note = (
         ""
         if len(iterations)
-        else "<br><sup>no meta step recorded yet (only mckd strategies learn them)</sup>"
+        else "<br><sup>no meta step recorded yet (only the mckd strategies learn ω)</sup>"
     )
     fig.update_layout(
-        title=f"Importance weights softmax(omega) at each meta step{note}",
+        **title_layout(f"Importance weights w = softmax(ω) at each meta step{note}"),
         xaxis_title="iteration",
-        yaxis_title="importance",
-        height=360,
-        margin={"t": 50, "b": 40, "l": 50, "r": 20},
-        legend_title="modality",
+        yaxis_title="w<sub>m</sub>",
+        height=380,
+        margin={"b": 40, "l": 60, "r": 20},
+        legend_title="modality m",
     )
     return fig
 
