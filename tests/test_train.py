@@ -190,3 +190,33 @@ def test_a_phantom_run_from_disk_resumes_exactly(tmp_path):
         train(config, tmp_path / "resumed", callbacks=[stop_after_2])
     resumed = train(config, tmp_path / "resumed", resume=True)
     assert [r["loss"] for r in resumed.records("train")] == [r["loss"] for r in full.records("train")]
+
+
+def test_a_run_written_before_the_task_protocol_still_loads(tmp_path):
+    """config.json of an earlier version: no package version, none of the fields added since; a
+    metrics.json without its task. Every field takes its default and the run loads as before."""
+    from mckd_lab.runs import load_run, render_table
+
+    run = train(_config(), tmp_path / "run", **_data())
+    path = tmp_path / "run" / "config.json"
+    old = json.loads(path.read_text())
+    assert old.pop("mckd_lab_version")
+    for section, field in (
+        ("data", "phantom_redundancy"),
+        ("method", "meta_batch_size"),
+        ("method", "omega_init"),
+    ):
+        del old[section][field]
+    path.write_text(json.dumps(old))
+    loaded = load_run(tmp_path / "run")
+    assert loaded.config == run.config and loaded.iteration == 6 and loaded.task.name == "brats"
+    for a, b in zip(loaded.model.state_dict().values(), run.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    table = {
+        "protocol": {},
+        "regions": ["ET"],
+        "modalities": ["flair"],
+        "subsets": [],
+        "mean": {"dice": {"ET": 0.5}},
+    }
+    assert "| **mean of 0** | 50.00 |" in render_table(table)  # no "task": a BraTS table
