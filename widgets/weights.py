@@ -13,7 +13,7 @@ import ipywidgets as ipw
 import numpy as np
 import plotly.graph_objects as go
 
-from ._base import View, modality_colour, sync_figure, title_layout
+from ._base import View, modality_colour, title_layout
 
 STAGE_COLOURS = {"warmup": "rgba(31,119,180,0.08)", "missing": "rgba(214,39,40,0.08)"}
 
@@ -112,21 +112,30 @@ class ImportanceWeightsView(View):
         self.names = importance_series(self.history, names)[2]
         if not self.names:
             raise ValueError("ImportanceWeightsView needs modality names: pass names=card.modality_names")
-        self._live: go.FigureWidget | None = None
         self._stage = ([None] + [r["stage"] for r in self.history if r.get("kind") == "train"])[-1]
 
     def figure(self) -> go.Figure:
         return weights_figure(self.history, self.names)
 
+    @property
+    def _live(self) -> go.FigureWidget | None:
+        """The figure in the live box (replaced at each redraw), None before the box is built."""
+        return self.widget.children[0] if "widget" in self.__dict__ else None
+
     def _build(self) -> ipw.Widget:
-        self._live = go.FigureWidget(self.figure())
-        return ipw.VBox([self._live])
+        return ipw.VBox([go.FigureWidget(self.figure())])
 
     def append(self, record: dict) -> None:
-        """Add one history record; redraw the live figure when it is a meta step or starts a new stage."""
+        """Add one history record; redraw the live figure when it is a meta step or starts a new stage.
+
+        A redraw puts a new ``FigureWidget`` in the box instead of sending the old one edits: edits that reach
+        the browser before it has drawn the figure (a fast run, or a reused run's records replayed at once)
+        left it blank (issue 15, point 1), while a new widget carries its whole state with it."""
         self.history.append(record)
         new_stage = record.get("kind") == "train" and record["stage"] != self._stage
         if new_stage:
             self._stage = record["stage"]
         if self._live is not None and (record.get("kind") == "meta" or new_stage):
-            sync_figure(self._live, self.figure())
+            old = self._live
+            self.widget.children = [go.FigureWidget(self.figure())]
+            old.close()
