@@ -175,15 +175,17 @@ def test_describe_config_is_short_and_names_what_differs():
 
 
 def test_title_layout_keeps_titles_below_the_toolbar_row():
-    from widgets._base import LINE_PX, TOOLBAR_PX, title_layout
+    """Where titles land is measured in Chromium by tests/test_browser.py; here, the arithmetic."""
+    from widgets._base import SUBPLOT_TITLE_PX, TITLE_ANCHOR_PX, TOOLBAR_PX, title_layout
 
-    one, two = title_layout("a"), title_layout("a<br><sup>b</sup>", subplot_titles=True)
+    one, two = title_layout("a", 400), title_layout("a<br><sup>b</sup><br><sup>c</sup>", 400, subplot_titles=True)
     for layout in (one, two):
-        fig = go.Figure(layout={k: v for k, v in layout.items() if k != "margin_t"})
-        fig.update_layout(margin_t=layout["margin_t"])
-        assert fig.layout.title.yref == "container" and fig.layout.title.yanchor == "top"
-        assert fig.layout.title.pad.t >= TOOLBAR_PX and fig.layout.title.xanchor == "left"
-    assert two["margin_t"] >= one["margin_t"] + LINE_PX  # a second line and the subplot titles get room
+        fig = go.Figure()
+        fig.update_layout(**layout)
+        assert fig.layout.title.yref == "container" and fig.layout.title.xanchor == "left"
+        assert (1 - fig.layout.title.y) * 400 == pytest.approx(TITLE_ANCHOR_PX) and TITLE_ANCHOR_PX > TOOLBAR_PX
+        assert fig.layout.height == 400 and fig.layout.margin.t > TITLE_ANCHOR_PX
+    assert two["margin_t"] >= one["margin_t"] + 22 + SUBPLOT_TITLE_PX  # more lines and subplot titles: room
 
 
 # --- segmentation viewer ------------------------------------------------------------------------------------
@@ -200,7 +202,8 @@ def test_viewer_slices_sequences_and_overlays(cases):
     live = viewer._live
     viewer.controls["sequence"].value = "t1ce"
     viewer.controls["axial"].value = 5
-    np.testing.assert_array_equal(live.data[0].z, case.image[2, 5].T)  # axial: H across, W up
+    t1ce = case.image[2, 5]  # axial: H across, W up; black (the scale's minimum) outside the brain
+    np.testing.assert_allclose(live.data[0].z, np.where(t1ce != 0, t1ce, live.data[0].zmin).T, rtol=1e-6)
     # per plane: image, then ground truth (ET, WT, TC) as outlines, then predictions filled
     gt_wt = viewer.overlay_slice("target", "WT", 0)
     np.testing.assert_array_equal(gt_wt, wt[5].T)
@@ -285,6 +288,8 @@ def test_drop_explorer_viewer_follows_the_ticked_sequences(cases, model):
     assert viewer.sequence == "t1" and viewer.controls["sequence"].value == "t1"
     assert "flair" not in viewer.controls["sequence"].options  # a missing sequence cannot be shown
     np.testing.assert_allclose(np.asarray(viewer._live.data[0].z), viewer.volume("t1")[viewer.cursor[0]].T)
+    drawn = viewer.volume("t1")  # black outside the brain: the darkest grey of the scale
+    assert drawn[0, 0, 0] == pytest.approx(viewer._live.data[0].zmin) and (drawn > drawn.min()).mean() > 0.3
     explorer.checkboxes["flair"].value = True
     assert "flair" in viewer.controls["sequence"].options and viewer.sequence == "t1"  # stays where it was
     # the prediction drawn is the enlarged one of the current subset
@@ -505,7 +510,7 @@ def test_attribution_maps_over_the_anatomy_with_the_tumour_outline(cases, model)
     # per sequence panel: its anatomy (grey), the map, the WT outline; then the outline's legend entry
     anatomy, drawn, ring = fig.data[1], fig.data[2], fig.data[3]
     assert anatomy.colorscale[0][1].startswith("rgb") and np.asarray(anatomy.z).shape == np.asarray(drawn.z).shape
-    np.testing.assert_allclose(np.asarray(anatomy.z), view._anatomy[0][view.index].T, rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(anatomy.z), view._anatomy[0][0][view.index].T, rtol=1e-6)
     wt = np.kron(case.target[1][view.index // k].T, np.ones((k, k))) > 0
     assert np.asarray(ring.z).sum() > 0 and (np.asarray(ring.z).astype(bool) & ~wt).sum() <= k * wt.shape[0]
     bound = view.drawn_map()[2]

@@ -12,10 +12,12 @@ REGION_COLOURS = {"ET": "#d62728", "TC": "#ff7f0e", "WT": "#2ca02c"}
 MODALITY_COLOURS = ("#1f77b4", "#9467bd", "#e377c2", "#17becf", "#8c564b", "#bcbd22", "#7f7f7f", "#2ca02c")
 
 
-# Plotly draws its toolbar (the modebar) in a row about 26 px high at the figure's top right. Titles start
-# below that row, left-aligned, so that no title can run under the toolbar whatever its length.
+# Plotly draws its toolbar (the modebar) in a row about 24 px high at the figure's top right. Titles go below
+# that row, left-aligned, so that no title can run under the toolbar whatever its length. Plotly anchors a title
+# of several lines by its first line's baseline, whatever ``yanchor`` says (measured in Chromium: the text
+# starts ~15 px above the anchor and each further ``<sup>`` line adds ~22 px below it).
 TOOLBAR_PX = 30
-LINE_PX = 22  # one line of title text (14 px font) with its spacing
+TITLE_ANCHOR_PX = TOOLBAR_PX + 16  # from the figure's top to the title's first baseline
 SUBPLOT_TITLE_PX = 26  # the band above the plots that subplot titles sit in
 
 
@@ -23,26 +25,26 @@ def modality_colour(index: int) -> str:
     return MODALITY_COLOURS[index % len(MODALITY_COLOURS)]
 
 
-def title_layout(text: str, subplot_titles: bool = False) -> dict:
-    """Layout keys for a figure title in the row below the plotly toolbar: ``title`` (left-aligned, top
-    anchored ``TOOLBAR_PX`` below the top edge) and the top margin that holds it, its ``<br>`` lines and, with
-    ``subplot_titles``, the band of the subplot titles below it. Use as ``fig.update_layout(**title_layout(t))``
-    (a ``margin`` given after it keeps this ``t``: pass ``margin={"t": ...}`` only to override it)."""
-    lines = text.count("<br>") + 1 if text else 0
-    top = TOOLBAR_PX + LINE_PX * lines + (SUBPLOT_TITLE_PX if subplot_titles else 8)
+def title_layout(text: str, height: int, subplot_titles: bool = False) -> dict:
+    """Layout keys for a figure of ``height`` px whose title sits in the row below the plotly toolbar: ``title``
+    (left-aligned, its first line ``TITLE_ANCHOR_PX`` below the top edge), ``height``, and the top margin that
+    holds the title's ``<br>`` lines and, with ``subplot_titles``, the band of subplot titles below them. Use as
+    ``fig.update_layout(**title_layout(text, 400))``; give other margins without ``t``."""
+    lines = text.count("<br>") + 1 if text else 1
+    bottom = TITLE_ANCHOR_PX + (8 if lines == 1 else 10 + 22 * (lines - 2))
     return {
         "title": {
             "text": text,
             "x": 0.0,
             "xanchor": "left",
             "xref": "paper",
-            "y": 1.0,
+            "y": 1 - TITLE_ANCHOR_PX / height,
             "yanchor": "top",
             "yref": "container",
-            "pad": {"t": TOOLBAR_PX},
             "font": {"size": 15},
         },
-        "margin_t": top,
+        "height": height,
+        "margin_t": bottom + 12 + (SUBPLOT_TITLE_PX if subplot_titles else 0),
     }
 
 

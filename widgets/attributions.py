@@ -22,8 +22,18 @@ from plotly.subplots import make_subplots
 from mckd_lab.data.cards import Card, load_card
 from mckd_lab.explain import ModalityShapley, TabularAttribution, VoxelAttribution
 
-from ._base import View, modality_colour, overlay_scale, sync_figure, title_layout
-from .viewer import DISPLAY_MIN, PLANES, SLIDER_LAYOUT, display_factor, enlarge, enlarge_mask, outline, take
+from ._base import REGION_COLOURS, View, modality_colour, overlay_scale, sync_figure, title_layout
+from .viewer import (
+    DISPLAY_MIN,
+    PLANES,
+    SLIDER_LAYOUT,
+    anatomy,
+    display_factor,
+    enlarge,
+    enlarge_mask,
+    outline,
+    take,
+)
 
 # Diverging, transparent at 0 so that the anatomy shows through where a voxel does not matter.
 ATTRIBUTION_SCALE = [
@@ -111,9 +121,7 @@ class AttributionView(View):
         self.factor = display_factor(shape, display_min) if shape else 1
         self._drawn: dict[str, tuple[np.ndarray, str, float]] = {}  # per map: enlarged %, unit, colour bound
         self.index = self.display_shape[0] // 2 if self.maps else 0
-        self._anatomy = (
-            None if image is None else [enlarge(image[m], self.factor, order=3) for m in range(len(image))]
-        )
+        self._anatomy = None if image is None else [anatomy(image[m], self.factor) for m in range(len(image))]
 
     @property
     def display_shape(self) -> tuple[int, ...]:
@@ -146,6 +154,7 @@ class AttributionView(View):
                     x=list(s.modalities),
                     y=s.values[k],
                     name=f"φ for {s.outputs[k]}",
+                    marker_color=REGION_COLOURS.get(s.outputs[k]),
                     hovertemplate=f"Shapley value of %{{x}} for {s.outputs[k]}: %{{y:.3f}} ({s.value})"
                     "<extra></extra>",
                 )
@@ -228,11 +237,10 @@ class AttributionView(View):
                 )
             fig.update_yaxes(title_text="Integrated Gradients", row=2, col=1)
         fig.update_layout(
-            **title_layout(self._title(), subplot_titles=True),
+            **title_layout(self._title(), 720 if self.maps else (580 if detail else 360), subplot_titles=True),
             barmode="group",
-            height=700 if self.maps else (560 if detail else 340),
-            margin={"b": 20, "l": 60, "r": 20},
-            legend={"x": 1.0, "xanchor": "right", "y": 1.0, "yanchor": "top", "bgcolor": "rgba(255,255,255,0.7)"},
+            margin={"b": 20, "l": 60, "r": 160},
+            legend={"x": 1.01, "xanchor": "left", "y": 1.0, "yanchor": "top"},
         )
         return fig
 
@@ -249,10 +257,9 @@ class AttributionView(View):
                 ring = outline(take(mask, axis, self.index))
         for i in range(m):
             if self._anatomy is not None:
-                anatomy = take(self._anatomy[i], axis, self.index)
-                lo, hi = np.percentile(self._anatomy[i], [0.5, 99.5]) if self._anatomy[i].any() else (0, 1)
+                drawn, lo, hi = self._anatomy[i]
                 fig.add_trace(
-                    go.Heatmap(z=anatomy, colorscale="gray", zmin=lo, zmax=hi if hi > lo else lo + 1,
+                    go.Heatmap(z=take(drawn, axis, self.index), colorscale="gray", zmin=lo, zmax=hi,
                                showscale=False, hoverinfo="skip"),  # fmt: skip
                     row=2,
                     col=i + 1,

@@ -87,10 +87,9 @@ class ExperimentsDashboard(View):
             )
         )
         fig.update_layout(
-            **title_layout(f"{self.metric.removeprefix('metrics.')} by {self.by} ({len(self.table)} runs)"),
+            **title_layout(f"{self.metric.removeprefix('metrics.')} by {self.by} ({len(self.table)} runs)", 400),
             xaxis_title=self.by,
             yaxis_title=self.metric.removeprefix("metrics."),
-            height=400,
             margin={"b": 40, "l": 60, "r": 20},
         )
         return fig

@@ -199,7 +199,8 @@ class ModalityDropExplorer(View):
             fig = self.viewer.figure()
             scores = ", ".join(f"{r} {v:.3f}" for r, v in (self.dice() or {}).items())
             subtitle = f"present: {self._join(self.present)}" + (f"; Dice {scores}" if scores else "")
-            fig.update_layout(**title_layout(f"{fig.layout.title.text}<br><sup>{subtitle}</sup>", True))
+            text = f"{fig.layout.title.text}<br><sup>{subtitle}</sup>"
+            fig.update_layout(**title_layout(text, fig.layout.height + 22, subplot_titles=True))
             return fig
         classes = [
             f"{c} (true)" if self.target is not None and k == int(self.target) else c
@@ -212,10 +213,9 @@ class ModalityDropExplorer(View):
             ]
         )
         fig.update_layout(
-            **title_layout(f"{self.title} class probabilities".strip()),
+            **title_layout(f"{self.title} class probabilities".strip(), 340),
             yaxis={"range": [0, 1], "title": "probability"},
             barmode="group",
-            height=340,
         )
         return fig
 

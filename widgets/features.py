@@ -196,9 +196,9 @@ class DistilledFeatures(View):
             **title_layout(
                 f"Real and filled bottleneck features over {len(self.features)} cases<br><sup>ℓ and the "
                 "distances: mean absolute difference per feature value; ○ real, × filled</sup>",
+                460,
                 subplot_titles=True,
             ),
-            height=460,
             margin={"b": 50, "l": 60, "r": 10},
             showlegend=True,
             legend={"title": {"text": "modality"}, "font": {"size": 11}},

@@ -101,10 +101,10 @@ class SubsetTableView(View):
         fig.update_layout(
             **title_layout(
                 f"Mean {self.what} per subset of {', '.join(self.modalities)} present"
-                + (f"<br><sup>{protocol.get('data', '')}, {protocol.get('split', '')}</sup>" if protocol else "")
+                + (f"<br><sup>{protocol.get('data', '')}, {protocol.get('split', '')}</sup>" if protocol else ""),
+                150 + 24 * len(self.names),
             ),
             yaxis={"autorange": "reversed", "title": None},
-            height=140 + 24 * len(self.names),
             margin={"b": 30, "l": 150, "r": 20},
         )
         return fig

@@ -68,6 +68,18 @@ def enlarge_mask(mask: np.ndarray, factor: int) -> np.ndarray:
     return np.stack([enlarge(m, factor, order=1) >= 0.5 for m in np.asarray(mask, np.float32)])
 
 
+def anatomy(volume: np.ndarray, factor: int) -> tuple[np.ndarray, float, float]:
+    """A sequence as drawn: enlarged by cubic interpolation, the grey range from its brain voxels (0.5 and 99.5
+    percentiles of the non-zero ones: loaders zero everything outside the brain) and the outside set to the
+    darkest grey, so that the brain stands out black-framed. Returns (volume (D', H', W'), zmin, zmax)."""
+    drawn = enlarge(volume, factor, order=3)
+    brain = enlarge(np.asarray(volume) != 0, factor, order=1) >= 0.5
+    if not brain.any():
+        return drawn, 0.0, 1.0
+    lo, hi = (float(v) for v in np.percentile(drawn[brain], [0.5, 99.5]))
+    return np.where(brain, drawn, lo).astype(np.float32), lo, hi if hi > lo else lo + 1.0
+
+
 def region_descriptions() -> dict[str, str]:
     """{region: description} from the brats card (``ET``: enhancing tumour, ...), for legends."""
     return {r["name"]: r["description"] for r in load_card("brats").header["regions"]}
@@ -114,7 +126,7 @@ class SegmentationViewer(View):
             "target": None if self.target is None else enlarge_mask(self.target, self.factor),
             "prediction": None if self.prediction is None else enlarge_mask(self.prediction, self.factor),
         }
-        self._volumes: dict[str, np.ndarray] = {}  # enlarged sequences, made when first shown
+        self._volumes: dict[str, tuple] = {}  # per sequence: (drawn volume, zmin, zmax), made when first shown
         self.sequences = self.names  # the sequences offered (ModalityDropExplorer: the ticked ones)
         self.sequence = self.names[0]
         self.shown = {r: True for r in self.regions}
@@ -143,10 +155,11 @@ class SegmentationViewer(View):
         return [s // 2 for s in self.image.shape[1:]]
 
     def volume(self, sequence: str) -> np.ndarray:
-        """The sequence as drawn (D', H', W'): enlarged by cubic interpolation when the factor is > 1."""
+        """The sequence as drawn (D', H', W'): enlarged by cubic interpolation when the factor is > 1, black
+        outside the brain (``anatomy``)."""
         if sequence not in self._volumes:
-            self._volumes[sequence] = enlarge(self.image[self.names.index(sequence)], self.factor, order=3)
-        return self._volumes[sequence]
+            self._volumes[sequence] = anatomy(self.image[self.names.index(sequence)], self.factor)
+        return self._volumes[sequence][0]
 
     def set_prediction(self, prediction: np.ndarray | None) -> None:
         """Replace the prediction overlay, (R, D, H, W) on the case's voxels; the live figure follows."""
@@ -193,7 +206,7 @@ class SegmentationViewer(View):
         """Per trace, in figure order (per plane: the image, ground-truth outlines, prediction fills, each
         region in ``regions`` order), the properties the controls change."""
         volume = self.volume(self.sequence)
-        lo, hi = np.percentile(volume, [0.5, 99.5]) if volume.any() else (0.0, 1.0)
+        _, lo, hi = self._volumes[self.sequence]
         states = []
         for axis in range(3):
             index = self.cursor[axis]
@@ -201,7 +214,7 @@ class SegmentationViewer(View):
                 {
                     "z": take(volume, axis, index),
                     "zmin": lo,
-                    "zmax": hi if hi > lo else lo + 1,
+                    "zmax": hi,
                     "hovertemplate": f"{self.sequence} %{{z:.2f}}<extra></extra>",
                 }
             )
@@ -273,8 +286,7 @@ class SegmentationViewer(View):
         for entry in self.legend_traces():
             fig.add_trace(entry, row=1, col=1)
         fig.update_layout(
-            **title_layout(self._title(), subplot_titles=True),
-            height=420,
+            **title_layout(self._title(), 420, subplot_titles=True),
             margin={"b": 10, "l": 10, "r": 10},
             showlegend=bool(self.target is not None or self.prediction is not None),
             legend={"orientation": "v", "x": 1.0, "xanchor": "left", "y": 1.0, "groupclick": "toggleitem",
