@@ -6,7 +6,7 @@ PY         := $(VENV)/bin/python
 MCKD       := $(VENV)/bin/mckd-lab
 DEMO_OUT   ?= runs/demo
 
-.PHONY: setup demo test lint browser nbval clean-notebooks
+.PHONY: setup demo test lint browser slurm nbval clean-notebooks
 
 # torch first (the pinned CPU build; override with TORCH_SPEC=...), then the package with its test extra.
 $(VENV)/.installed: pyproject.toml
@@ -27,6 +27,18 @@ browser:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	else \
 	  echo "The browser test needs Chromium: install Debian's 'chromium' (or 'chromium-browser') package."; \
+	fi
+
+# Debian's SLURM and munge for the one-node SLURM sweep test (tests/test_sweeps.py starts and stops the daemons
+# itself, as root, in a temporary folder with its own ports and munge socket; nothing is configured system-wide).
+slurm:
+	@if [ -x /usr/sbin/slurmctld ] && [ -x /usr/sbin/slurmd ] && [ -x /usr/sbin/munged ] && command -v sbatch >/dev/null 2>&1; then \
+	  echo "slurm: $$(/usr/sbin/slurmctld -V)"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	    slurmctld slurmd slurm-client munge >/dev/null; \
+	else \
+	  echo "The SLURM sweep test needs Debian's slurmctld, slurmd, slurm-client and munge packages (as root)."; \
 	fi
 
 demo: setup
@@ -52,6 +64,6 @@ NB_RUN01  := -p cases 8 -p iterations 20
 NB_SOURCE := -p source_run runs/01_brats_mckd -p iterations 20
 
 # Unit, integration, notebook (papermill, tiny parameters), wheel and browser tests; then the notebooks (nbval).
-test: setup browser lint
+test: setup browser slurm lint
 	$(PY) -m pytest -q -p no:cacheprovider
 	$(MAKE) nbval

@@ -11,7 +11,8 @@ The library in layers; a module imports only from layers below its own (``tests/
       between problems
 - L4  ``runs`` (a run read back; evaluate, predict, explain it through its task), ``train`` (the one
       trainer), ``evaluate``
-- L5  ``recipes`` (notebook helpers), ``tutorials``, ``experiments`` (papermill, sweeps), ``demo``, ``cli``
+- L5  ``recipes`` (notebook helpers), ``tutorials``, ``clusters`` (the Dask clusters sweeps run on),
+      ``experiments`` (papermill, sweeps), ``demo``, ``cli``
 
 ``widgets`` (outside the package) builds views on L0-L4; nothing here imports it, Jupyter or plotly.
 """

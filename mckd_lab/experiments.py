@@ -12,39 +12,60 @@ of ``None`` without an annotation accepts anything.
     out_dir/run/                    the run directory, passed as the notebook's ``run_dir`` parameter
                                     (and ``live=False`` when the notebook declares ``live``)
 
-``sweep(spec)`` runs a grid (notebook x parameters x seeds) and writes under its output folder::
+``sweep(spec)`` runs a grid (notebook x parameters x seeds, or training configs x seeds) on a Dask
+``distributed`` cluster (``mckd_lab.clusters``: an embedded LocalCluster by default, dask-jobqueue,
+dask-kubernetes or a running scheduler), one Dask task per run, and writes under its output folder::
 
     <out>/<run name>/               one folder per run, laid out as above, plus
         done.json                   written atomically when the run finished: the run is skipped next time
         error.json                  the error of a failed run: it is reported and retried on the next call
+        attempts.json               host and process of each start of the run in the current call
     <out>/results.csv, results.json one row per run: notebook, run, parameters, seed, status, seconds,
                                     error, and the scalar fields of its metrics.json as ``metrics.<key>``
                                     (nested keys joined by dots; lists and the ``protocol`` left out)
+    <out>/dask-logs/                the batch jobs' output (dask-jobqueue clusters)
 
-A sweep spec (YAML file or dict); relative notebook paths are relative to the spec file's folder (to the
-current folder for a dict)::
+A run executes its notebook with papermill in a fresh kernel on its worker (a training run trains and
+evaluates in the worker itself, no kernel). Its executed notebook is moved into place whole, ``done.json``
+comes last. A worker that dies mid-run has the run started again on another worker, where the notebook's
+``train_or_reuse`` resumes it from its checkpoint; after ``retries`` such restarts (or failures of its
+kernel) the run is reported with its error. An error of the run's own code (a cell, the trainer) is
+reported at once: it would only happen again.
+
+A sweep spec (YAML file or dict); relative notebook and data paths are relative to the spec file's folder (to
+the current folder for a dict)::
 
     name: strategies                # optional, default: the file's stem
-    out: runs/sweeps/strategies     # optional, relative to the current folder; default runs/sweeps/<name>
+    out: runs/sweeps/strategies     # optional, relative to the current folder; default runs/sweeps/<name>.
+                                    # Every worker must see it at the same path (a shared file system)
     seeds: [0, 1, 2]                # optional; each seed is passed as the parameter named by seed_parameter
     seed_parameter: seed            # optional
     timeout: 3600                   # optional, seconds per cell
+    retries: 2                      # optional: restarts of a run after its worker died or its kernel failed
+    cluster: {kind: slurm, cores: 4, memory: 16GB, walltime: "02:00:00", queue: gpu, gpus: 1}
+                                    # optional: where the runs execute (mckd_lab.clusters); flags override it
     runs:
       - notebook: ../01_brats_mckd.ipynb
         parameters: {size: 32}      # fixed values
         grid: {method: [none, mckd]} # every combination of these lists (cartesian product)
         seeds: [0]                  # optional, overrides the top-level seeds for this entry
+      - train: {task: adni, epochs: 1, subjects: 200}  # a training run, no notebook: the task, its data
+        grid: {method: [none, mckd]} # (optional) and the options of its Task.config (train_config)
 
 Command line (also reachable through ``mckd-lab run`` / ``mckd-lab sweep``)::
 
     python -m mckd_lab.experiments run NOTEBOOK --out DIR [-p NAME VALUE]...
-    python -m mckd_lab.experiments sweep SPEC.yaml [--workers N] [--out DIR]
+    python -m mckd_lab.experiments sweep SPEC.yaml [--workers N] [--out DIR] [--retries N]
+        [--cluster local|slurm|pbs|sge|lsf|kubernetes] [--scheduler tcp://HOST:PORT]
+        [--queue Q] [--cores N] [--memory 16GB] [--walltime HH:MM:SS] [--gpus N]
     python -m mckd_lab.experiments strip notebooks/*.ipynb [--check]
 
 The notebook helpers (``brats_config``, ``prepare_run``, ``train_or_reuse``, ``load_or_train``,
-``split_cases``) are ``mckd_lab.recipes``'s; they are re-exported here for code written before they moved.
+``split_cases``) are ``mckd_lab.recipes``'s; they are re-exported here for code written before they moved,
+and ``load_results`` is ``mckd_lab.runs``'s. Both are imported on first use (module ``__getattr__``), as are the
+tasks and the trainer, so that a sweep's Dask workers that only execute notebooks never import them.
 
-papermill (and through it jupyter_client) is imported inside the functions that execute notebooks, so
+papermill (and through it jupyter_client) and Dask are imported inside the functions that use them, so
 importing this module stays light and free of Jupyter.
 """
 
@@ -55,32 +76,52 @@ import ast
 import itertools
 import json
 import math
-import multiprocessing
 import os
+import shutil
+import socket
 import sys
 import time
 import traceback
-from concurrent.futures import ProcessPoolExecutor, as_completed
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from mckd_lab.recipes import brats_config, load_or_train, prepare_run, split_cases, train_or_reuse
+from mckd_lab.clusters import KINDS, ClusterSpec, connect
 from mckd_lab.rundir import write_json_atomic
-from mckd_lab.runs import load_results
+
+if TYPE_CHECKING:  # the re-exports, for readers and linters; imported on first use by __getattr__ below
+    from mckd_lab.recipes import brats_config, load_or_train, prepare_run, split_cases, train_or_reuse
+    from mckd_lab.runs import load_results
 
 __all__ = [
     "NotebookError", "ParameterError", "add_subcommands", "brats_config", "check_parameters", "load_or_train",
     "load_results", "load_spec", "notebook_parameters", "prepare_run", "run_notebook", "split_cases", "sweep",
-    "train_or_reuse",
+    "train_config", "train_or_reuse",
 ]  # fmt: skip
+
+
+def __getattr__(name: str):
+    """The re-exported helpers, imported on first use (PEP 562; see the module docstring)."""
+    if name in {"brats_config", "load_or_train", "prepare_run", "split_cases", "train_or_reuse"}:
+        from mckd_lab import recipes
+
+        return getattr(recipes, name)
+    if name == "load_results":
+        from mckd_lab.runs import load_results
+
+        return load_results
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 RUN_DIR = "run_dir"  # the parameter naming where a notebook writes its run
 LIVE = "live"  # the parameter choosing live widgets (True) or static figures (False)
-SPEC_KEYS = {"name", "out", "seeds", "seed_parameter", "timeout", "runs"}
-RUN_KEYS = {"notebook", "parameters", "grid", "seeds"}
+SPEC_KEYS = {"name", "out", "seeds", "seed_parameter", "timeout", "retries", "cluster", "runs"}
+RUN_KEYS = {"notebook", "train", "parameters", "grid", "seeds"}
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+ATTEMPTS = "attempts.json"  # in a run folder: one record per start of the run in the current sweep call
 _TYPES = {"int": int, "float": float, "str": str, "bool": bool, "list": list, "dict": dict, "tuple": list}
 
 
@@ -287,21 +328,31 @@ def run_notebook(
 # ---------------------------------------------------------------------------------------------- sweeps
 @dataclass(frozen=True)
 class SweepRun:
-    """One run of a sweep: a notebook and its full parameter set (seed included)."""
+    """One run of a sweep: a notebook and its full parameter set (seed included), or, with ``notebook`` None,
+    a training run whose ``parameters`` are its task, data and config options (`train_config`)."""
 
     name: str
-    notebook: Path
+    notebook: Path | None
     parameters: dict[str, Any]
     seed: int | None = None
 
 
 @dataclass(frozen=True)
 class Sweep:
+    """A spec read and expanded (`load_spec`): its runs, where they write, where they execute, their retries."""
+
     name: str
     out: Path
     runs: list[SweepRun]
     timeout: float | None = None
     seed_parameter: str = "seed"
+    cluster: ClusterSpec = ClusterSpec()
+    retries: int = 2
+
+
+class RunFailed(RuntimeError):
+    """A run stopped by something outside its own code (its kernel died, could not start): Dask's ``retries``
+    start it again. Its ``error.json`` is written before this is raised."""
 
 
 def _slug(value: Any) -> str:
@@ -314,9 +365,63 @@ def _unknown(keys, allowed, where):
         raise ValueError(f"{where}: unknown key(s) {sorted(extra)}; allowed: {sorted(allowed)}")
 
 
+def train_config(options: dict[str, Any]):
+    """The RunConfig of a training run of a sweep: ``options`` are ``task`` (a name of ``mckd_lab.tasks``),
+    ``data`` (optional: the task's data, else synthetic) and the keyword options of that task's ``config``
+    (``method``, ``seed``, ``epochs``, dotted keys such as ``optim.lr``). No progress bar unless asked: the
+    run executes on a worker, not in a terminal."""
+    from mckd_lab.tasks import make_task
+
+    options = dict(options)
+    task = make_task(options.pop("task"))
+    data = options.pop("data", None)
+    return task.config(data, **{"runtime.progress": False, **options})
+
+
+def _expand(entry: dict, here: str, base: Path, seeds: list, seed_parameter: str):
+    """The (name, notebook or None, checked parameters, seed) of every grid point x seed of one runs entry."""
+    _unknown(entry, RUN_KEYS, here)
+    if ("notebook" in entry) == ("train" in entry):
+        raise ValueError(f"{here} needs either a 'notebook' or a 'train' (task and config options), not both")
+    grid = entry.get("grid") or {}
+    for key, values in grid.items():
+        if not isinstance(values, list) or not values:
+            raise ValueError(f"{here}: grid[{key!r}] must be a non-empty list, got {values!r}")
+    if "notebook" in entry:
+        notebook = (base / entry["notebook"]).resolve()
+        declared, fixed, stem = notebook_parameters(notebook), entry.get("parameters") or {}, notebook.stem
+        if RUN_DIR in grid or RUN_DIR in fixed:
+            raise ValueError(f"{here}: {RUN_DIR!r} is set by the sweep (one folder per run); remove it")
+    else:
+        if "parameters" in entry:
+            raise ValueError(f"{here}: a 'train' entry takes its fixed options in 'train', not 'parameters'")
+        notebook, fixed = None, dict(entry["train"] or {})
+        if "task" not in fixed:
+            from mckd_lab.tasks import TASKS
+
+            raise ValueError(f"{here}: 'train' needs a 'task' (one of {', '.join(TASKS)})")
+        if fixed.get("data"):
+            fixed["data"] = str((base / fixed["data"]).resolve())
+        stem = fixed["task"]
+    for combo in itertools.product(*grid.values()):
+        for seed in entry.get("seeds", seeds):
+            params = {**fixed, **dict(zip(grid, combo, strict=True))}
+            if seed is not None:
+                params[seed_parameter] = seed
+            if notebook is not None:
+                params = check_parameters(declared, params, where=f"{here} ({notebook.name})")
+            else:
+                try:
+                    train_config(params)
+                except (TypeError, ValueError) as err:  # an unknown option, a bad value, an unknown task
+                    raise ValueError(f"{here}: train options {params}: {err}") from None
+            label = [stem] + [f"{k}={_slug(v)}" for k, v in zip(grid, combo, strict=True)]
+            yield "__".join(label + ([] if seed is None else [f"seed={seed}"])), notebook, params, seed
+
+
 def load_spec(spec: str | Path | dict, out_dir: str | Path | None = None) -> Sweep:
-    """Read and expand a sweep spec (see the module docstring); every run's parameters are validated here,
-    before anything executes."""
+    """Read and expand a sweep spec (see the module docstring); every run's parameters (a training run's
+    config) and the ``cluster`` section are validated here, before anything executes."""
     if isinstance(spec, dict):
         where, base, raw = "sweep spec", Path.cwd(), spec
         default_name = "sweep"
@@ -328,41 +433,24 @@ def load_spec(spec: str | Path | dict, out_dir: str | Path | None = None) -> Swe
         default_name = path.stem
     _unknown(raw, SPEC_KEYS, where)
     if not raw.get("runs"):
-        raise ValueError(f"{where}: 'runs' must list at least one entry with a 'notebook'")
-    name = raw.get("name", default_name)
+        raise ValueError(f"{where}: 'runs' must list at least one entry with a 'notebook' or a 'train'")
+    retries = raw.get("retries", 2)
+    if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
+        raise ValueError(f"{where}: retries must be a whole number >= 0, got {retries!r}")
+    cluster = ClusterSpec.from_dict(raw.get("cluster"), f"{where}: cluster", base)
     seed_parameter = raw.get("seed_parameter", "seed")
     runs: dict[str, SweepRun] = {}
     for i, entry in enumerate(raw["runs"]):
         here = f"{where}: runs[{i}]"
-        _unknown(entry, RUN_KEYS, here)
-        if "notebook" not in entry:
-            raise ValueError(f"{here} has no 'notebook'")
-        notebook = (base / entry["notebook"]).resolve()
-        declared = notebook_parameters(notebook)
-        where_nb = f"{here} ({notebook.name})"
-        grid = entry.get("grid") or {}
-        if RUN_DIR in grid or RUN_DIR in (entry.get("parameters") or {}):
-            raise ValueError(f"{here}: {RUN_DIR!r} is set by the sweep (one folder per run); remove it")
-        for key, values in grid.items():
-            if not isinstance(values, list) or not values:
-                raise ValueError(f"{here}: grid[{key!r}] must be a non-empty list, got {values!r}")
-        seeds = entry.get("seeds", raw.get("seeds", [None]))
-        for combo in itertools.product(*grid.values()):
-            for seed in seeds:
-                params = {**(entry.get("parameters") or {}), **dict(zip(grid, combo, strict=True))}
-                if seed is not None:
-                    params[seed_parameter] = seed
-                params = check_parameters(declared, params, where=where_nb)
-                label = [notebook.stem] + [f"{k}={_slug(v)}" for k, v in zip(grid, combo, strict=True)]
-                label += [] if seed is None else [f"seed={seed}"]
-                run_name = "__".join(label)
-                if run_name in runs:
-                    raise ValueError(
-                        f"{here}: two runs are both named {run_name!r}; make the grid entries differ"
-                    )
-                runs[run_name] = SweepRun(run_name, notebook, params, seed)
-    out = Path(out_dir or raw.get("out") or Path("runs") / "sweeps" / name)
-    return Sweep(name, out, list(runs.values()), raw.get("timeout"), seed_parameter)
+        for name, notebook, params, seed in _expand(
+            entry, here, base, raw.get("seeds", [None]), seed_parameter
+        ):
+            if name in runs:
+                raise ValueError(f"{here}: two runs are both named {name!r}; make the grid entries differ")
+            runs[name] = SweepRun(name, notebook, params, seed)
+    out = Path(out_dir or raw.get("out") or Path("runs") / "sweeps" / raw.get("name", default_name))
+    return Sweep(raw.get("name", default_name), out.resolve(), list(runs.values()), raw.get("timeout"),
+                 seed_parameter, cluster, retries)  # fmt: skip
 
 
 def flatten(data: dict, prefix: str = "") -> dict[str, Any]:
@@ -376,24 +464,90 @@ def flatten(data: dict, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def _execute(run: SweepRun, folder: Path, timeout: float | None, threads: int | None) -> dict:
-    """Run one sweep entry; never raises for a notebook failure (the pool must go on)."""
-    if threads:  # a kernel inherits this process's environment: share the cores between workers
-        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-            os.environ.setdefault(var, str(threads))
+def _is_done(run: SweepRun, folder: Path) -> bool:
+    done = folder / "done.json"
+    return done.is_file() and json.loads(done.read_text()).get("parameters") == run.parameters
+
+
+def _notebook_run(run: SweepRun, folder: Path, timeout: float | None) -> None:
+    """papermill writes the executed notebook cell by cell: it is written in a scratch folder of this attempt
+    and moved into the run folder at the end (``os.replace``), so the run folder never holds half of one."""
+    for stale in folder.glob(".attempt-*"):  # left by an attempt whose worker died
+        shutil.rmtree(stale, ignore_errors=True)
+    scratch, final = folder / f".attempt-{uuid.uuid4().hex[:12]}", folder / run.notebook.name
+    params = dict(run.parameters)
+    if RUN_DIR in notebook_parameters(run.notebook):
+        params[RUN_DIR] = str(folder / "run")  # in the run folder, where a retry resumes it
+    try:
+        run_notebook(run.notebook, scratch, params, timeout=timeout)
+    except NotebookError as err:
+        raise NotebookError(str(err).replace(str(err.executed), str(final)), final) from None
+    finally:
+        if (scratch / final.name).is_file():
+            os.replace(scratch / final.name, final)
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _train_run(run: SweepRun, folder: Path, threads: int | None) -> None:
+    """Train (or resume, after a worker died) and evaluate in the worker itself: no kernel."""
+    import torch
+
+    from mckd_lab.recipes import train_or_reuse
+    from mckd_lab.runs import evaluate_run
+
+    if threads:
+        torch.set_num_threads(threads)  # torch was imported before the worker knew its share of the cores
+    evaluate_run(train_or_reuse(train_config(run.parameters), folder / "run"))
+
+
+def _execute(run: SweepRun, folder: Path, timeout: float | None, threads: int | None, retries: int) -> dict:
+    """One run: the Dask task that a worker executes; returns ``{"run", "status", "error"}``.
+
+    ``threads``: the OMP/MKL/OpenBLAS threads of its kernel (and torch's, for a training run). ``done.json``
+    is written (atomically) only after everything else. An error of the run's own code (a notebook cell, the
+    trainer) is written to ``error.json`` and returned: it would only happen again. Anything else (the kernel
+    died or never started) raises `RunFailed` after writing ``error.json``, for Dask to retry elsewhere.
+
+    Every start is recorded in ``attempts.json`` (host, process), which the sweep clears when it begins: a
+    run started ``retries + 1`` times already, each attempt stopped by its worker's death or a failure
+    outside its code, is reported instead of started again. Counting here, not with the scheduler's
+    ``allowed-failures``, counts only the attempts that ran: Dask also counts a worker's death against a run
+    that was merely waiting on it.
+    """
+    if _is_done(run, folder):  # finished by an attempt whose worker died before it could report
+        return {"run": run.name, "status": "done", "error": ""}
     folder.mkdir(parents=True, exist_ok=True)
+    record = {"run": run.name, "notebook": run.notebook and str(run.notebook), "parameters": run.parameters,
+              "seed": run.seed, "host": socket.gethostname(), "pid": os.getpid()}  # fmt: skip
+    log = folder / ATTEMPTS
+    attempts = json.loads(log.read_text()) if log.is_file() else []
+    if len(attempts) > retries:
+        error = (f"GaveUp: started {len(attempts)} times (retries: {retries}); each attempt was stopped from "
+                 f"outside the run (its worker died or its kernel failed): see {log}")  # fmt: skip
+        write_json_atomic({**record, "error": error, "own_code": False}, folder / "error.json")
+        return {"run": run.name, "status": "failed", "error": error}
+    write_json_atomic(
+        [*attempts, {"host": record["host"], "pid": record["pid"], "started": time.time()}], log
+    )
+    if threads:  # Dask's nanny starts workers with one thread each; a kernel inherits this environment
+        for var in THREAD_VARIABLES:
+            os.environ[var] = str(threads)
     (folder / "error.json").unlink(missing_ok=True)
-    record = {"run": run.name, "notebook": str(run.notebook), "parameters": run.parameters, "seed": run.seed}
     start = time.perf_counter()
     try:
-        run_notebook(run.notebook, folder, run.parameters, timeout=timeout)
-    except Exception as err:  # noqa: BLE001 - any failure of a run is recorded, reported and retried
-        error = f"{type(err).__name__}: {err}"
-        tb = "".join(traceback.format_exception(err))
-        write_json_atomic({**record, "seconds": time.perf_counter() - start, "error": error, "traceback": tb},
-                          folder / "error.json")
+        if run.notebook is None:
+            _train_run(run, folder, threads)
+        else:
+            _notebook_run(run, folder, timeout)
+    except Exception as err:  # noqa: BLE001 - every failure of a run is recorded and reported
+        error, own = f"{type(err).__name__}: {err}", run.notebook is None or isinstance(err, NotebookError)
+        write_json_atomic({**record, "seconds": time.perf_counter() - start, "error": error, "own_code": own,
+                           "traceback": "".join(traceback.format_exception(err))}, folder / "error.json")  # fmt: skip
+        if not own:
+            raise RunFailed(error) from None
         return {"run": run.name, "status": "failed", "error": error}
-    write_json_atomic({**record, "seconds": time.perf_counter() - start}, folder / "done.json")
+    write_json_atomic({**record, "seconds": time.perf_counter() - start, "attempts": len(attempts) + 1},
+                      folder / "done.json")  # fmt: skip
     return {"run": run.name, "status": "done", "error": ""}
 
 
@@ -403,7 +557,7 @@ def _row(run: SweepRun, folder: Path, cached: bool) -> dict:
     info = json.loads(status_file.read_text()) if status_file else {}
     row = {
         "run": run.name,
-        "notebook": run.notebook.name,
+        "notebook": run.notebook.name if run.notebook else None,
         **{k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in run.parameters.items()},
         "seed": run.seed,
         "status": "done" if status_file == done else "failed" if status_file else "missing",
@@ -419,26 +573,39 @@ def _row(run: SweepRun, folder: Path, cached: bool) -> dict:
 
 
 def sweep(
-    spec: str | Path | dict, workers: int = 1, *, out_dir: str | Path | None = None, progress: bool = True
+    spec: str | Path | dict,
+    workers: int | None = None,
+    *,
+    out_dir: str | Path | None = None,
+    cluster: str | dict[str, Any] | None = None,
+    retries: int | None = None,
+    progress: bool = True,
 ):
-    """Run every run of ``spec`` not finished yet, ``workers`` at a time; return the results table.
+    """Run every run of ``spec`` not finished yet on a Dask cluster; return the results table.
 
-    Each worker is a separate process driving its own papermill kernel; with several workers each kernel
-    gets ``cpu_count // workers`` threads (unless OMP_NUM_THREADS is set). A run whose folder holds
-    ``done.json`` with the same parameters is skipped; a failed run writes ``error.json``, is reported on
-    stderr and runs again on the next call. Writes ``results.csv`` and ``results.json`` in the sweep's output
-    folder and returns the same table as a pandas DataFrame (one row per run, see the module docstring).
+    ``cluster``: a kind (``"slurm"``) or options over the spec's ``cluster:`` section (``{"scheduler":
+    "tcp://host:8786"}``, ``{"kind": "slurm", "queue": "gpu"}``; see ``mckd_lab.clusters``); nothing: an
+    embedded LocalCluster. ``workers``: its worker processes (local), batch jobs or pods. ``retries``: over
+    the spec's (default 2): how many more times a run is started after its worker died or its kernel failed.
+
+    Each run is one Dask task (`_execute`). A run whose folder holds ``done.json`` with the same parameters
+    is skipped; a failed run writes ``error.json``, is reported on stderr and runs again on the next call.
+    Writes ``results.csv`` and ``results.json`` in the sweep's output folder and returns the same table as a
+    pandas DataFrame (one row per run, see the module docstring). The Dask dashboard's address is printed.
     """
     import pandas as pd
     from tqdm.auto import tqdm
 
     plan = load_spec(spec, out_dir)
+    options = {"kind": cluster} if isinstance(cluster, str) else dict(cluster or {})
+    target = plan.cluster.with_options(**options, workers=workers)
+    retries = plan.retries if retries is None else retries
     plan.out.mkdir(parents=True, exist_ok=True)
     folders = {run.name: plan.out / run.name for run in plan.runs}
     pending, cached = [], set()
     for run in plan.runs:
         done = folders[run.name] / "done.json"
-        if done.is_file() and json.loads(done.read_text()).get("parameters") == run.parameters:
+        if _is_done(run, folders[run.name]):
             cached.add(run.name)
         else:
             if done.is_file():
@@ -447,28 +614,33 @@ def sweep(
                     file=sys.stderr,
                 )
                 done.unlink()
+            (folders[run.name] / ATTEMPTS).unlink(missing_ok=True)  # each call gives a run its retries anew
             pending.append(run)
-    threads = max(1, (os.cpu_count() or 1) // workers) if workers > 1 else None
     failures = []
     with tqdm(total=len(plan.runs), initial=len(cached), desc=f"sweep {plan.name}", unit="run",
               disable=not progress) as bar:  # fmt: skip
 
-        def finished(result):
+        def finished(future, run):
+            result = _outcome(future, run, folders[run.name])
             bar.update(1)
             if result["status"] == "failed":
                 failures.append(result)
                 bar.write(f"FAILED {result['run']}: {result['error'].splitlines()[0]}", file=sys.stderr)
             bar.set_postfix(failed=len(failures))
 
-        if workers <= 1:
-            for run in pending:
-                finished(_execute(run, folders[run.name], plan.timeout, None))
-        elif pending:
-            context = multiprocessing.get_context("spawn")  # no fork of a process that may hold threads
-            with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-                futures = [pool.submit(_execute, r, folders[r.name], plan.timeout, threads) for r in pending]
-                for future in as_completed(futures):
-                    finished(future.result())
+        if pending:
+            # the scheduler's own bound is a backstop: _execute counts the attempts that ran (see there)
+            with connect(target, len(pending), 2 * (retries + 1), plan.out / "dask-logs") as pool:
+                bar.write(f"sweep {plan.name}: {len(pending)} run(s) on {pool.description}; Dask dashboard: "
+                          f"{pool.client.dashboard_link}", file=sys.stderr)  # fmt: skip
+
+                def start(run):
+                    return pool.client.submit(
+                        _execute, run, folders[run.name], plan.timeout, pool.threads, retries, retries=retries,
+                        key=f"{run.name}-{uuid.uuid4().hex}", resources=pool.resources, pure=False,
+                    )  # fmt: skip
+
+                _dispatch(pool, pending, start, finished)
     rows = [_row(run, folders[run.name], run.name in cached) for run in plan.runs]
     table = pd.DataFrame(rows)
     table.to_csv(plan.out / "results.csv", index=False)
@@ -481,6 +653,47 @@ def sweep(
             file=sys.stderr,
         )
     return table
+
+
+def _dispatch(pool, runs: list[SweepRun], start, finished) -> None:
+    """Start ``runs`` (``start(run)`` submits one) as workers free up, and hand each finished future to
+    ``finished(future, run)``: never more runs in flight than the workers have room for (``pool.slots()``,
+    polled each second as batch jobs come and go). A run waiting on a busy worker would share its fate (Dask
+    counts a worker's death against every run it holds), and a batch job that starts first would take
+    every run; Dask places each run submitted this way on a free worker."""
+    from distributed import TimeoutError, wait
+
+    waiting, running = list(reversed(runs)), {}
+    while waiting or running:
+        for _ in range(min(len(waiting), pool.slots() - len(running))):
+            run = waiting.pop()
+            running[start(run)] = run
+        if not running:  # no worker yet (batch jobs still queued)
+            time.sleep(1)
+            continue
+        try:
+            done = wait(list(running), timeout=1, return_when="FIRST_COMPLETED").done
+        except TimeoutError:
+            continue
+        for future in done:
+            finished(future, running.pop(future))
+            future.release()  # else a worker that dies later takes the result along: Dask would redo the run
+
+
+def _outcome(future, run: SweepRun, folder: Path) -> dict:
+    """A finished future as ``{"run", "status", "error"}``. A run that Dask gave up on after its retries
+    (``RunFailed``: its ``error.json`` is written) or after its workers died too often (``KilledWorker``:
+    written here, since no worker lived to) is a failed run."""
+    if future.status != "error":
+        return future.result()
+    err = future.exception()
+    error = str(err) if isinstance(err, RunFailed) else f"{type(err).__name__}: {err}"
+    if not isinstance(err, RunFailed):
+        record = {"run": run.name, "notebook": run.notebook and str(run.notebook), "parameters": run.parameters,
+                  "seed": run.seed, "error": error, "own_code": False}  # fmt: skip
+        folder.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(record, folder / "error.json")
+    return {"run": run.name, "status": "failed", "error": error}
 
 
 # ---------------------------------------------------------------------------------------------- outputs
@@ -524,7 +737,9 @@ def _cmd_run(args) -> None:
 
 
 def _cmd_sweep(args) -> None:
-    table = sweep(args.spec, workers=args.workers, out_dir=args.out)
+    cluster = {"kind": args.cluster, "scheduler": args.scheduler, "queue": args.queue, "cores": args.cores,
+               "memory": args.memory, "walltime": args.walltime, "gpus": args.gpus}  # fmt: skip
+    table = sweep(args.spec, workers=args.workers, out_dir=args.out, cluster=cluster, retries=args.retries)
     shown = [c for c in table.columns if c != "error" and not (c.startswith("metrics.") and "hd95" in c)]
     print(table[shown].to_string(index=False))
     if (table["status"] != "done").any():
@@ -554,10 +769,24 @@ def add_subcommands(sub) -> None:
     run.add_argument("--timeout", type=float, default=None, help="seconds per cell")
     run.add_argument("--prepare-only", action="store_true", help="inject the parameters, do not execute")
     run.set_defaults(func=_cmd_run)
-    sw = sub.add_parser("sweep", help="run a grid of notebook runs from a YAML spec (resumable)")
+    sw = sub.add_parser("sweep", help="run a grid of notebook or training runs from a YAML spec on Dask "
+                        "(resumable; local by default, or a batch system, Kubernetes, a running scheduler)")  # fmt: skip
     sw.add_argument("spec", type=Path)
-    sw.add_argument("--workers", type=int, default=1, help="runs at a time, each its own process and kernel")
+    sw.add_argument("--workers", type=int, default=None,
+                    help="worker processes (local), batch jobs or pods; each holds one run at a time")  # fmt: skip
     sw.add_argument("--out", type=Path, default=None, help="output folder (default: the spec's 'out')")
+    sw.add_argument("--retries", type=int, default=None,
+                    help="restarts of a run after its worker died or its kernel failed (default: the spec's, 2)")  # fmt: skip
+    where = sw.add_argument_group("where the runs execute (over the spec's 'cluster' section)")
+    where.add_argument(
+        "--cluster", choices=KINDS, default=None, help="default: local (an embedded LocalCluster)"
+    )
+    where.add_argument("--scheduler", default=None, metavar="tcp://HOST:PORT", help="join a running cluster")
+    where.add_argument("--queue", default=None, help="batch queue / partition")
+    where.add_argument("--cores", type=int, default=None, help="cores per job or pod (local: cores to use)")
+    where.add_argument("--memory", default=None, help="memory per job or pod, e.g. 16GB")
+    where.add_argument("--walltime", default=None, help="per job, e.g. 04:00:00")
+    where.add_argument("--gpus", type=int, default=None, help="GPUs per job or pod")
     sw.set_defaults(func=_cmd_sweep)
     st = sub.add_parser("strip", help="remove outputs from notebooks in place")
     st.add_argument("notebooks", nargs="+", type=Path)

@@ -22,7 +22,8 @@ LAYERS = {
     "mckd_lab.metrics": 2, "mckd_lab.infer": 2.1, "mckd_lab.explain": 2.2,
     "mckd_lab.tasks": 3,
     "mckd_lab.runs": 4, "mckd_lab.train": 4.5, "mckd_lab.evaluate": 4.5,
-    "mckd_lab.recipes": 5, "mckd_lab.tutorials": 5, "mckd_lab.experiments": 5.5, "mckd_lab.classification": 5.5,
+    "mckd_lab.recipes": 5, "mckd_lab.tutorials": 5, "mckd_lab.clusters": 5,
+    "mckd_lab.experiments": 5.5, "mckd_lab.classification": 5.5,
     "mckd_lab.demo": 5.5, "mckd_lab.cli": 6,
 }  # fmt: skip
 # inside a sub-package, the few modules that others of the same package build on

@@ -1,6 +1,7 @@
 """papermill runs and sweeps on tiny throwaway notebooks (each run starts a real kernel: ~1-2 s)."""
 
 import json
+import os
 from pathlib import Path
 
 import nbformat
@@ -106,7 +107,7 @@ def test_run_notebook_failure_points_at_the_executed_copy(toy, tmp_path):
     assert info.value.executed.is_file()
 
 
-def test_sweep_2x2_with_two_workers_then_skips_finished_runs(toy, tmp_path):
+def test_sweep_2x2_on_a_two_worker_local_cluster_then_skips_finished_runs(toy, tmp_path):
     spec = {"runs": [{"notebook": str(toy), "grid": {"x": [1, 2], "y": [0.5, 2.0]}}]}
     out = tmp_path / "sweep"
     table = ex.sweep(spec, workers=2, out_dir=out, progress=False)
@@ -118,6 +119,8 @@ def test_sweep_2x2_with_two_workers_then_skips_finished_runs(toy, tmp_path):
     assert [r["metrics.value"] for r in saved] == list(table["metrics.value"])
     stamps = {p: p.stat().st_mtime_ns for p in out.glob("*/done.json")}
     assert len(stamps) == 4
+    workers = {json.loads(p.read_text())["pid"] for p in stamps}
+    assert len(workers) == 2 and os.getpid() not in workers  # a 2-worker LocalCluster ran them, not this process
 
     again = ex.sweep(spec, workers=2, out_dir=out, progress=False)
     assert again["cached"].all() and list(again["metrics.value"]) == list(table["metrics.value"])
