@@ -89,10 +89,9 @@ def weights_figure(history: Sequence[dict], names: Sequence[str] | None = None) 
         else "<br><sup>no meta step recorded yet (only the mckd strategies learn ω)</sup>"
     )
     fig.update_layout(
-        **title_layout(f"Importance weights w = softmax(ω) at each meta step{note}"),
+        **title_layout(f"Importance weights w = softmax(ω) at each meta step{note}", 380),
         xaxis_title="iteration",
         yaxis_title="w<sub>m</sub>",
-        height=380,
         margin={"b": 40, "l": 60, "r": 20},
         legend_title="modality m",
     )
