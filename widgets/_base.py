@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 
+import anywidget
 import ipywidgets as ipw
 import plotly.graph_objects as go
 
@@ -48,6 +49,33 @@ def title_layout(text: str, height: int, subplot_titles: bool = False) -> dict:
     }
 
 
+def live_figure(fig: go.Figure) -> go.FigureWidget:
+    """A ``FigureWidget`` of ``fig`` that takes the width of the notebook's output (plotly's ``responsive``
+    mode): drawn before JupyterLab has laid out its output, a figure widget otherwise keeps plotly's default
+    700 px, half the width of a wide notebook (``FitWidth`` tells it when the width is known)."""
+    live = go.FigureWidget(fig)
+    live._config = {**live._config, "responsive": True}
+    return live
+
+
+class FitWidth(anywidget.AnyWidget):
+    """An invisible widget that, whenever the box holding it changes size (first layout included), sends the
+    page a ``resize`` event, on which plotly redraws its responsive figures at their container's width."""
+
+    _esm = """
+    export default {
+      render({ el }) {
+        el.style.height = "0px";
+        const fire = () => window.dispatchEvent(new Event("resize"));
+        const observer = new ResizeObserver(fire);
+        const watch = () => el.parentElement ? observer.observe(el.parentElement) : requestAnimationFrame(watch);
+        watch();
+        return () => observer.disconnect();
+      },
+    };
+    """
+
+
 class View:
     """A view of mckd_lab objects.
 
@@ -65,6 +93,7 @@ class View:
     def widget(self) -> ipw.Widget:
         """The live box, with the CSS class ``mckd-<view class, lower case>`` (browser tests look for it)."""
         box = self._build()
+        box.children = (*box.children, FitWidth())
         box.add_class(f"mckd-{type(self).__name__.lower()}")
         return box
 

@@ -22,7 +22,15 @@ from plotly.subplots import make_subplots
 from mckd_lab.data.cards import Card, load_card
 from mckd_lab.explain import ModalityShapley, TabularAttribution, VoxelAttribution
 
-from ._base import REGION_COLOURS, View, modality_colour, overlay_scale, sync_figure, title_layout
+from ._base import (
+    REGION_COLOURS,
+    View,
+    live_figure,
+    modality_colour,
+    overlay_scale,
+    sync_figure,
+    title_layout,
+)
 from .viewer import (
     DISPLAY_MIN,
     PLANES,
@@ -282,7 +290,7 @@ class AttributionView(View):
             if ring is not None:
                 fig.add_trace(
                     go.Heatmap(z=ring.astype(np.uint8), colorscale=overlay_scale(OUTLINE_COLOUR), zmin=0, zmax=1,
-                               showscale=False, hoverinfo="skip", name=f"{a.region} ground truth"),  # fmt: skip
+                               showscale=False, hoverinfo="skip", name=f"{a.region} outline"),  # fmt: skip
                     row=2,
                     col=i + 1,
                 )
@@ -299,7 +307,7 @@ class AttributionView(View):
             )
 
     def _build(self) -> ipw.Widget:
-        self._live = go.FigureWidget(self.figure())
+        self._live = live_figure(self.figure())
         if not self.maps:
             return ipw.VBox([self._live])
         chooser = ipw.Dropdown(options=[_label(a) for a in self.maps], value=self.chosen, description="map")

@@ -16,7 +16,7 @@ import plotly.graph_objects as go
 
 from mckd_lab.runs import load_results
 
-from ._base import View, modality_colour, sync_figure, title_layout
+from ._base import View, live_figure, modality_colour, sync_figure, title_layout
 
 BOOKKEEPING = ("run", "notebook", "seed", "status", "cached", "seconds", "error")
 
@@ -95,7 +95,7 @@ class ExperimentsDashboard(View):
         return fig
 
     def _build(self) -> ipw.Widget:
-        self._live = go.FigureWidget(self.figure())
+        self._live = live_figure(self.figure())
         by = ipw.Dropdown(options=self.parameters, value=self.by, description="group by")
         metric = ipw.Dropdown(options=self.metrics, value=self.metric, description="metric")
         summary = ipw.HTML(self.summary([self.metric]).to_html(float_format="{:.4f}".format))

@@ -23,7 +23,7 @@ from mckd_lab.infer import THRESHOLD
 from mckd_lab.metrics import dice
 from mckd_lab.tasks import Task, make_task
 
-from ._base import View, sync_figure, title_layout
+from ._base import View, live_figure, sync_figure, title_layout
 from .viewer import DISPLAY_MIN, SegmentationViewer
 
 
@@ -252,7 +252,7 @@ class ModalityDropExplorer(View):
         for box in self.checkboxes.values():
             box.observe(toggled, names="value")
         if self.classification:
-            self._live = go.FigureWidget(self.figure())
+            self._live = live_figure(self.figure())
             view = self._live
         else:
             view = self.viewer.widget

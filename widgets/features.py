@@ -25,7 +25,7 @@ from torch import nn
 from mckd_lab.data.cards import Card, load_card
 from mckd_lab.data.missing import all_subsets, subset_name
 
-from ._base import View, modality_colour, sync_figure, title_layout
+from ._base import View, live_figure, modality_colour, sync_figure, title_layout
 from .drop import padded_batch
 
 
@@ -206,7 +206,7 @@ class DistilledFeatures(View):
         return fig
 
     def _build(self) -> ipw.Widget:
-        self._live = go.FigureWidget(self.figure())
+        self._live = live_figure(self.figure())
         options = [(subset_name(s, self.names), s) for s in all_subsets(len(self.names))[:-1]]
         chooser = ipw.Dropdown(options=options, value=self.present, description="present")
 

@@ -17,7 +17,7 @@ import plotly.graph_objects as go
 from mckd_lab.runs import render_table
 from mckd_lab.tasks import task_of
 
-from ._base import View, sync_figure, title_layout
+from ._base import View, live_figure, sync_figure, title_layout
 
 RARE = 10  # availability patterns seen in fewer test subjects than this are folded away (see rendered_table)
 
@@ -123,7 +123,7 @@ class SubsetTableView(View):
             self.on_select(self.present(name))
 
     def _build(self) -> ipw.Widget:
-        self._live = go.FigureWidget(self.figure())
+        self._live = live_figure(self.figure())
         self._chooser = ipw.Dropdown(options=self.names[:-1], value=self.selected, description="subset")
         self._chooser.observe(lambda change: self.select(change["new"]), names="value")
 

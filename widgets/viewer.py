@@ -23,7 +23,7 @@ from scipy import ndimage
 
 from mckd_lab.data.cards import load_card
 
-from ._base import REGION_COLOURS, View, overlay_scale, title_layout
+from ._base import REGION_COLOURS, View, live_figure, overlay_scale, title_layout
 
 # Planes across axis 0 (D), 1 (H), 2 (W) of a loader volume, (D, H, W) = NIfTI (k, i, j) (data/brats.py):
 # in BraTS orientation D is inferior-superior, H (i) left-right, W (j) posterior-anterior.
@@ -302,7 +302,7 @@ class SegmentationViewer(View):
         return None if overlay is None else take(overlay[self.regions.index(region)], axis, self.cursor[axis])
 
     def _build(self) -> ipw.Widget:
-        self._live = go.FigureWidget(self.figure())
+        self._live = live_figure(self.figure())
         self._syncing = False
         self.controls = {
             "sequence": ipw.Dropdown(options=self.sequences, value=self.sequence, description="sequence"),

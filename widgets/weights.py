@@ -13,7 +13,7 @@ import ipywidgets as ipw
 import numpy as np
 import plotly.graph_objects as go
 
-from ._base import View, modality_colour, title_layout
+from ._base import View, live_figure, modality_colour, title_layout
 
 STAGE_COLOURS = {"warmup": "rgba(31,119,180,0.08)", "missing": "rgba(214,39,40,0.08)"}
 
@@ -122,7 +122,7 @@ class ImportanceWeightsView(View):
         return self.widget.children[0] if "widget" in self.__dict__ else None
 
     def _build(self) -> ipw.Widget:
-        return ipw.VBox([go.FigureWidget(self.figure())])
+        return ipw.VBox([live_figure(self.figure())])
 
     def append(self, record: dict) -> None:
         """Add one history record; redraw the live figure when it is a meta step or starts a new stage.
@@ -136,5 +136,5 @@ class ImportanceWeightsView(View):
             self._stage = record["stage"]
         if self._live is not None and (record.get("kind") == "meta" or new_stage):
             old = self._live
-            self.widget.children = [go.FigureWidget(self.figure())]
+            self.widget.children = (live_figure(self.figure()), *self.widget.children[1:])
             old.close()
