@@ -49,8 +49,9 @@ lint: setup
 	$(PY) -m mckd_lab.experiments strip --check notebooks/*.ipynb
 
 # The committed notebooks under nbval (outputs not compared: training is not bitwise portable across machines),
-# each run once, as prepared copies with small parameters in an ignored folder (the full-size defaults are
-# timed in notebooks/README.md, not in every test run). 03 and 04 take apart the run 01 trains there.
+# each run once, as prepared copies with small parameters in an ignored folder (notebooks 01-04 also run with
+# their defaults in tests/test_notebooks.py, which checks their text against those runs; times in
+# notebooks/README.md). 03 and 04 take apart the run 01 trains there.
 NBVAL := executed/nbval
 nbval: setup
 	rm -rf $(NBVAL) && mkdir -p $(NBVAL)/sweeps && cp notebooks/sweeps/tiny.yaml $(NBVAL)/sweeps/
@@ -63,7 +64,7 @@ nbval: setup
 NB_RUN01  := -p cases 8 -p iterations 20
 NB_SOURCE := -p source_run runs/01_brats_mckd -p iterations 20
 
-# Unit, integration, notebook (papermill, tiny parameters), wheel and browser tests; then the notebooks (nbval).
+# Unit, integration, notebook (papermill: 01-04 with their defaults), wheel and browser tests; then nbval.
 test: setup browser slurm lint
 	$(PY) -m pytest -q -p no:cacheprovider
 	$(MAKE) nbval
