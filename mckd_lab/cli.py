@@ -39,9 +39,10 @@ def cmd_phantoms(a):
 
 
 def cmd_cohort(a):
-    out = generate_cohort(a.out, subjects=a.subjects, seed=a.seed, t1_size=a.t1_size)
+    out = generate_cohort(a.out, subjects=a.subjects, seed=a.seed, t1_size=a.t1_size, redundancy=a.redundancy)
     with_t1 = f", baseline T1 volumes of {a.t1_size}^3 in {out.parent / 'T1'}" if a.t1_size else ""
-    print(f"wrote an ADNIMERGE-format cohort of {a.subjects} subjects (seed {a.seed}) to {out}{with_t1}")
+    print(f"wrote an ADNIMERGE-format cohort of {a.subjects} subjects (seed {a.seed}, redundancy "
+          f"{a.redundancy:g}) to {out}{with_t1}")  # fmt: skip
 
 
 def cmd_inspect(a):
@@ -153,6 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--t1-size", type=int, help="also render each baseline MRI as a T1 volume of this side (32..128)"
     )
+    p.add_argument("--redundancy", type=float, default=0.0,
+                   help="0-1: how much of imaging's class signal the other sources also carry (card adni_synthetic)")
     p.set_defaults(func=cmd_cohort)
 
     p = sub.add_parser("inspect", help="describe a BraTS folder or an ADNIMERGE CSV")

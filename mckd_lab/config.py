@@ -26,7 +26,8 @@ class DataConfig:
     ``foreground_prob`` (reference 0.5).
 
     ADNI (task ``adni``, or ``adni-cognitive`` with the cognitive scores): root is an ADNIMERGE CSV; None
-    generates a cohort of ``cohort_subjects`` (``cohort_seed``) into ``<run>/cohort``; subjects are split by
+    generates a cohort of ``cohort_subjects`` (``cohort_seed``, sources made ``cohort_redundancy`` redundant:
+    card ``adni_synthetic``) into ``<run>/cohort``; subjects are split by
     RID with ``split_seed`` (train/val/meta/test 0.6/0.1/0.1/0.2). modalities: use only these (subjects having
     all of them; the others removed), e.g. ``("imaging",)`` for a single-modality baseline; empty: all.
     Task ``adni-t1``: ``mri`` (a T1 volume per subject, column ``T1_PATH``) replaces ``imaging``; volumes are
@@ -47,6 +48,7 @@ class DataConfig:
     cache: bool = True
     cohort_subjects: int = 1000
     cohort_seed: int = 0
+    cohort_redundancy: float = 0.0
     modalities: tuple[str, ...] = ()
     t1_size: int = 32
 
@@ -88,6 +90,8 @@ class MethodConfig:
     meta_weight_decay: float = 5e-4
     elect_every: int = 500
     omega_init: str = "zeros"
+    oracle_importance: tuple[float, ...] = ()
+    meta_fraction: float = 0.0
 
 
 @dataclass
@@ -229,6 +233,7 @@ class RunConfig:
             (0.0 <= d.test_fraction < 1.0, f"data.test_fraction {d.test_fraction} must be in [0, 1)"),
             (d.heldout_cases >= 1, f"data.heldout_cases must be >= 1, got {d.heldout_cases}"),
             (0 <= d.phantom_redundancy <= 1, f"data.phantom_redundancy {d.phantom_redundancy} must be in [0, 1]"),
+            (0 <= d.cohort_redundancy <= 1, f"data.cohort_redundancy {d.cohort_redundancy} must be in [0, 1]"),
             (d.t1_size >= 16 and d.t1_size % 8 == 0, f"data.t1_size {d.t1_size}: a multiple of 8, >= 16"),
             (r.device == "cpu" or r.device.startswith("cuda"), f"runtime.device {r.device!r}: cpu|cuda[:N]"),
             (r.checkpoint_every >= 1, f"runtime.checkpoint_every must be >= 1, got {r.checkpoint_every}"),

@@ -14,6 +14,7 @@ and named in an extra column ``T1_PATH`` (relative to the CSV's folder), as task
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -130,6 +131,13 @@ YEARLY = {
     "ADAS11": {"CN": 0.0, "MCI": 1.1, "AD": 4.3},
     "FAQ": {"CN": 0.1, "MCI": 1.5, "AD": 4.0},
 }
+# Redundancy control (``generate_cohort(redundancy=R)``): imaging is the dominant source (the strongest
+# separation of the classes: the hippocampus, about 0.9 / 1.7 sd below CN for MCI / AD). With R > 0 every other
+# source is given R of that separation on top of what it carries: clinical through AGE (older with disease)
+# and PTEDUCAT (fewer years), biospecimen through TAU (up) and ABETA (down), genetic through the APOE4 count
+# distribution moved R of the way to APOE4_REDUNDANT. R = 0 is the cohort as calibrated above, bit for bit.
+DOMINANT_SEPARATION = {"CN": 0.0, "MCI": 0.45, "AD": 0.85}  # half the hippocampus's (CN mean - class mean) / CN sd
+APOE4_REDUNDANT = {"CN": (0.80, 0.18, 0.02), "MCI": (0.45, 0.45, 0.10), "AD": (0.20, 0.45, 0.35)}
 CONVERSION = {"CN": 0.03, "SMC": 0.03, "EMCI": 0.05, "LMCI": 0.165, "AD": 0.0}  # per year, x2 when amyloid+
 DECIMALS = {"ABETA": 1, "TAU": 1, "PTAU": 2}  # as ADNIMERGE writes them; censoring bounds from the adni card
 ETHNICITY = {"Not Hisp/Latino": 0.96, "Hisp/Latino": 0.035, "Unknown": 0.005}
@@ -181,8 +189,16 @@ def _censor(values: np.ndarray, column: str) -> list[str]:
     return out
 
 
-def _baseline(rng: np.random.Generator, n: int) -> pd.DataFrame:
-    """One row per subject: phase, DX_bl, demographics, latent amyloid/severity and baseline measures."""
+def _apoe4_counts(cls: str, redundancy: float) -> tuple[float, ...]:
+    """APOE4 count probabilities (0, 1, 2 alleles) of a class, moved ``redundancy`` of the way to
+    ``APOE4_REDUNDANT``."""
+    return tuple((1 - redundancy) * a + redundancy * b
+                 for a, b in zip(APOE4_COUNTS[cls], APOE4_REDUNDANT[cls], strict=True))  # fmt: skip
+
+
+def _baseline(rng: np.random.Generator, n: int, redundancy: float = 0.0) -> pd.DataFrame:
+    """One row per subject: phase, DX_bl, demographics, latent amyloid/severity and baseline measures;
+    ``redundancy``: the non-imaging sources' extra class signal (``DOMINANT_SEPARATION``)."""
     names = list(PHASES)
     drawn = np.sort(rng.choice(len(names), size=n, p=[PHASES[p][0] for p in names]))  # rows in RID order
     phase = np.array(names, dtype=object)[drawn]
@@ -212,13 +228,18 @@ def _baseline(rng: np.random.Generator, n: int) -> pd.DataFrame:
     df["PTETHCAT"] = _choice(rng, ETHNICITY, n)
     df["PTRACCAT"] = _choice(rng, RACE, n)
     df["PTMARRY"] = _choice(rng, MARRIAGE, n)
-    df["APOE4"] = [rng.choice(3, p=APOE4_COUNTS[c]) for c in cls]
+    df["APOE4"] = [rng.choice(3, p=_apoe4_counts(c, redundancy)) for c in cls]
     logit = np.array([AMYLOID_LOGIT[c] for c in cls]) + 1.5 * df["APOE4"] + 0.5 * z
     df["amyloid"] = rng.random(n) < 1 / (1 + np.exp(-logit))
     df["ICV"] = np.where(male, 1.60e6, 1.44e6) + 1.2e5 * rng.standard_normal(n)
     for var in AGE_SLOPE:
         raw = draw(var) + AGE_SLOPE[var] * (df["AGE"] - 75.0)
         df[var] = np.maximum(raw, 0.2 * BASELINE[var]["CN"][0]) * df["ICV"] / BASELINE_ICV_MM3
+    # extra class signal of the non-imaging sources (0 when redundancy is 0); EMCI gets half of MCI's
+    extra = redundancy * np.array([DOMINANT_SEPARATION[c] for c in cls]) * np.where(cls == "MCI", mci_weight, 1.0)
+    if redundancy > 0:  # after the volumes' age slope, so that the shift does not reach imaging
+        df["AGE"] = np.clip(df["AGE"] + extra * BASELINE["AGE"]["CN"][1], 55.0, 91.0)
+        df["PTEDUCAT"] = np.clip(np.round(df["PTEDUCAT"] - extra * BASELINE["PTEDUCAT"]["CN"][1]), 6, 20)
     df["FDG"] = draw("FDG")
     df["AV45"] = np.where(df["amyloid"], rng.normal(1.38, 0.17, n), rng.normal(1.02, 0.06, n))
     df["ABETA"] = np.where(
@@ -226,7 +247,9 @@ def _baseline(rng: np.random.Generator, n: int) -> pd.DataFrame:
         680 * np.exp(0.28 * rng.standard_normal(n)),
         1450 * np.exp(0.22 * rng.standard_normal(n)),
     )
-    df["TAU"] = np.maximum(draw("TAU"), 40.0) * np.where(df["amyloid"], 1.25, 1.0)
+    df["ABETA"] *= np.exp(-0.25 * extra)
+    tau = draw("TAU") + extra * BASELINE["TAU"]["CN"][1]
+    df["TAU"] = np.maximum(tau, 40.0) * np.where(df["amyloid"], 1.25, 1.0)
     df["PTAU"] = 0.095 * df["TAU"] * np.exp(0.08 * rng.standard_normal(n))
     df["MMSE"] = draw("MMSE")
     df["CDRSB"] = draw("CDRSB")
@@ -341,29 +364,43 @@ def _format(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def generate_cohort(
-    out_csv: str | Path, subjects: int = 600, seed: int = 0, t1_size: int | None = None
+    out_csv: str | Path, subjects: int = 600, seed: int = 0, t1_size: int | None = None, redundancy: float = 0.0
 ) -> Path:
     """Write a synthetic ADNIMERGE-format CSV with ``subjects`` participants and their visits.
 
     Deterministic for ``seed``. Values are class-conditional (card ``adni_synthetic``); ABETA/TAU/PTAU are
     strings with Elecsys censoring ('>1700', '<80', '<8'); empty cells are missing measurements.
     ``t1_size`` (32..128): also render baseline T1 volumes of that side and add the ``T1_PATH`` column.
+    ``redundancy`` R in [0, 1]: every source other than imaging also carries R of imaging's class separation
+    (``DOMINANT_SEPARATION``; 0: the calibrated cohort, bit for bit; card ``adni_synthetic``). R is recorded in
+    ``<csv>.json`` beside the CSV (with subjects and seed).
     The CSV is written last, through a temporary file (a half-written cohort is never left under its name).
     Returns the path written.
     """
     if subjects < 1:
         raise ValueError(f"subjects must be >= 1, got {subjects}")
+    if not 0.0 <= redundancy <= 1.0:
+        raise ValueError(f"redundancy must be in [0, 1] (0: the calibrated cohort), got {redundancy}")
     rng = np.random.default_rng(seed)
-    base = _baseline(rng, subjects)
+    base = _baseline(rng, subjects, redundancy)
     table = _format(_visits(rng, base))
     out = Path(out_csv)
     out.parent.mkdir(parents=True, exist_ok=True)
     if t1_size is not None:
         table["T1_PATH"] = _render_t1(table, out.parent, t1_size, seed)
+    record = {"generator": "mckd_lab.data.cohort.generate_cohort", "subjects": subjects, "seed": seed,
+              "t1_size": t1_size, "redundancy": float(redundancy)}  # fmt: skip
+    cohort_record(out).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     partial = out.with_name(out.name + ".partial")
     table.to_csv(partial, index=False, date_format="%Y-%m-%d")
     partial.replace(out)
     return out
+
+
+def cohort_record(csv: str | Path) -> Path:
+    """The JSON record written beside a generated cohort (``<name>.csv.json``: subjects, seed, redundancy)."""
+    csv = Path(csv)
+    return csv.with_name(csv.name + ".json")
 
 
 def _render_t1(table: pd.DataFrame, folder: Path, size: int, seed: int) -> list[str]:

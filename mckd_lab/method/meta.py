@@ -92,3 +92,63 @@ def bilevel_meta_step(model: nn.Module, weights: ImportanceWeights, optimizer: t
     )
     optimizer.step()
     return float(meta_loss.detach())
+
+
+# --- the meta schedule scaled to a run's length -------------------------------------------------------------
+# The authors' schedule (METHOD.md): 115k iterations, of which 80k all-modality (stage 1) with a meta round every
+# 100 iterations and 35k missing-modality (stage 2) with one every 500, a round also at iteration 0; 20 Adam
+# steps on omega per round (one per held-out crop at batch 1).
+REFERENCE_SCHEDULE = {"iterations": 115_000, "warmup_iterations": 80_000, "meta_every_warmup": 100,
+                      "meta_every_missing": 500, "meta_batches": 20}  # fmt: skip
+
+
+def meta_rounds(iterations: int, warmup_iterations: int, every_warmup: int, every_missing: int) -> int:
+    """Meta rounds a run makes: a round after iteration t when (t + 1) % every == 0 for its stage's cadence
+    (the strategies' rule; 0 = never), counted over both stages."""
+    warm = warmup_iterations // every_warmup if every_warmup > 0 else 0
+    miss = iterations // every_missing - warmup_iterations // every_missing if every_missing > 0 else 0
+    return warm + miss
+
+
+def reference_omega_steps() -> int:
+    """Adam steps on omega in the authors' schedule: (80k/100 + 1 + 35k/500) rounds x 20 = 17,420."""
+    r = REFERENCE_SCHEDULE
+    rounds = r["warmup_iterations"] // r["meta_every_warmup"] + 1
+    rounds += (r["iterations"] - r["warmup_iterations"]) // r["meta_every_missing"]
+    return rounds * r["meta_batches"]
+
+
+def meta_fraction(iterations: int, warmup_iterations: int, every_warmup: int, every_missing: int,
+                  steps_per_round: int) -> float:  # fmt: skip
+    """Adam steps on omega of a run (rounds x steps per round) as a fraction of the authors' 17,420."""
+    rounds = meta_rounds(iterations, warmup_iterations, every_warmup, every_missing)
+    return rounds * steps_per_round / reference_omega_steps()
+
+
+def scaled_meta_schedule(iterations: int, warmup_iterations: int, fraction: float,
+                         steps_per_round: int = 20) -> dict:  # fmt: skip
+    """The meta cadence giving a run ``fraction`` of the authors' Adam steps on omega, with their shape.
+
+    Both stages keep the authors' ratio of cadences (a round 5 times as often in stage 1 as in stage 2) and
+    ``steps_per_round`` steps per round (theirs: 20); the common period is chosen so that the rounds x steps
+    come closest to ``fraction`` x 17,420 (at least one round). Returns the ``method.*`` overrides
+    (``meta_every_warmup``, ``meta_every_missing``, ``meta_batches``, ``meta_fraction`` = the fraction really
+    obtained), so a run's config.json records it.
+    """
+    if fraction <= 0 or steps_per_round < 1:
+        raise ValueError(f"fraction must be > 0 and steps_per_round >= 1, got {fraction}, {steps_per_round}")
+    r = REFERENCE_SCHEDULE
+    ratio = r["meta_every_missing"] // r["meta_every_warmup"]
+    target = fraction * reference_omega_steps() / steps_per_round  # rounds wanted
+    best = None
+    for every in range(1, max(iterations, 1) + 1):  # stage-1 period; stage 2 every * ratio
+        rounds = meta_rounds(iterations, warmup_iterations, every, every * ratio)
+        if rounds == 0:
+            break
+        gap = abs(rounds - target)
+        if best is None or gap < best[0]:
+            best = (gap, every)
+    every = best[1] if best else 1
+    got = meta_fraction(iterations, warmup_iterations, every, every * ratio, steps_per_round)
+    return {"meta_every_warmup": every, "meta_every_missing": every * ratio, "meta_batches": steps_per_round,
+            "meta_fraction": round(got, 6)}  # fmt: skip

@@ -12,7 +12,9 @@ One small interface, so the trainer never asks which method it runs:
 
 Strategies: ``none`` (modality dropout + mean filling, no KD), ``uniform`` (KD weight 1 on every present
 pair), ``lckd`` (elected teachers), ``mckd`` (the reference: learned w_i / w_j, alternating meta step) and
-``mckd-bilevel`` (omega by a one-step unrolled hypergradient).
+``mckd-bilevel`` (omega by a one-step unrolled hypergradient) and ``oracle`` (fixed importance weights given
+by the testbed's ground truth, ``method.oracle_importance``; no meta step: an upper reference for what learned
+weights can give).
 """
 
 from __future__ import annotations
@@ -255,11 +257,39 @@ class BilevelMCKD(MCKD):
             )
 
 
-STRATEGIES: dict[str, type[Strategy]] = {s.name: s for s in (Strategy, UniformKD, LCKD, MCKD, BilevelMCKD)}
+class OracleKD(Strategy):
+    """Oracle importance weights: MCKD's pair weights c_ij = w_i / w_j with w fixed from the ground truth of the
+    testbed (``method.oracle_importance``: M positive numbers, normalised to sum 1; e.g.
+    ``mckd_lab.study.phantom_importance``), never updated: no meta step. It bounds what learned weights can
+    give when the learned ranking is the true one."""
+
+    name = "oracle"
+
+    def __init__(self, modalities: Sequence[str], config, seed: int = 0):
+        super().__init__(modalities, config, seed)
+        given = tuple(float(v) for v in (getattr(config, "oracle_importance", ()) or ()))
+        if len(given) != len(self.modalities) or min(given) <= 0:
+            raise ValueError(
+                f"method oracle needs method.oracle_importance: {len(self.modalities)} positive weights, one per "
+                f"modality ({', '.join(self.modalities)}); got {given or 'none'}"
+            )
+        self.weights = torch.tensor(given) / sum(given)
+
+    def pair_weights(self) -> torch.Tensor:
+        w = self.weights.to(self.device)
+        return w.unsqueeze(1) / w.unsqueeze(0)
+
+    def importance(self) -> torch.Tensor:
+        return self.weights.to(self.device)
+
+
+STRATEGIES: dict[str, type[Strategy]] = {
+    s.name: s for s in (Strategy, UniformKD, LCKD, MCKD, BilevelMCKD, OracleKD)
+}
 
 
 def make_strategy(name: str, modalities: Sequence[str], config, seed: int = 0) -> Strategy:
-    """A strategy by name (none, uniform, lckd, mckd, mckd-bilevel) configured by a ``MethodConfig``;
+    """A strategy by name (none, uniform, lckd, mckd, mckd-bilevel, oracle) configured by a ``MethodConfig``;
     ``seed`` seeds its own random start (MCKD's ``omega_init="uniform01"``)."""
     if name not in STRATEGIES:
         raise ValueError(f"unknown method {name!r}; choose one of {', '.join(STRATEGIES)}")

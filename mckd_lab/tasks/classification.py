@@ -176,11 +176,11 @@ class ClassificationTask(Task):
             return Path(data_config.root)
         t1_size = data_config.t1_size if self.t1 else None
         name = f"ADNIMERGE_synthetic_n{data_config.cohort_subjects}_seed{data_config.cohort_seed}"
+        name += f"_redundancy{data_config.cohort_redundancy:g}" if data_config.cohort_redundancy else ""
         path = Path(run_dir) / "cohort" / (name + (f"_t1-{t1_size}" if t1_size else "") + ".csv")
         if not path.exists():
-            generate_cohort(
-                path, subjects=data_config.cohort_subjects, seed=data_config.cohort_seed, t1_size=t1_size
-            )
+            generate_cohort(path, subjects=data_config.cohort_subjects, seed=data_config.cohort_seed,
+                            t1_size=t1_size, redundancy=data_config.cohort_redundancy)  # fmt: skip
         return path
 
     def read(self, path: str | Path, seed: int = 0) -> AdniData:
