@@ -20,7 +20,7 @@ LAYERS = {
     "mckd_lab.data.missing": 0,
     "mckd_lab.data": 1, "mckd_lab.method": 1, "mckd_lab.losses": 1, "mckd_lab.models": 1.5,
     "mckd_lab.metrics": 2, "mckd_lab.infer": 2.1, "mckd_lab.explain": 2.2,
-    "mckd_lab.study": 2,
+    "mckd_lab.study": 2.3,
     "mckd_lab.tasks": 3,
     "mckd_lab.runs": 4, "mckd_lab.train": 4.5, "mckd_lab.evaluate": 4.5,
     "mckd_lab.recipes": 5, "mckd_lab.tutorials": 5, "mckd_lab.clusters": 5,
