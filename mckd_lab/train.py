@@ -8,8 +8,9 @@ the strategy's sampler, intersected with each sample's real availability. Loss =
 reference's two-stage poly schedule (``config.poly_lr``: stage 2 restarts at ``lr (1 - W/T)^0.9``). After each step the strategy may update itself (MCKD's meta step on the held-out split,
 LCKD's election) and returns a history record.
 
-Every random choice of iteration t (batch, crops, subset, held-out batches) is seeded from (seed, t), so a run
-resumed from ``checkpoint.pt`` continues exactly as an uninterrupted one.
+Every random choice of iteration t (batch, crops, subset, held-out batches) is seeded from (seed, t) (and the
+rank, in a distributed run: ``mckd_lab.distributed``), so a run resumed from ``checkpoint.pt`` continues
+exactly as an uninterrupted one.
 
 The run directory's layout, its guards (a fresh start never overwrites a run; a resume must match its
 config), the history and the atomic checkpoints are ``mckd_lab.rundir``'s; what differs between tasks (data,
@@ -18,6 +19,7 @@ splits, model, loss) is the task's (``Task.setup``, ``Task.build_model``).
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -29,12 +31,14 @@ import torch
 from torch.utils.data import default_collate
 from tqdm.auto import tqdm
 
+from mckd_lab import distributed
 from mckd_lab.config import RunConfig, poly_lr
 from mckd_lab.data.missing import restrict_present, subset_name
 from mckd_lab.method.kd import pairwise_kd_loss
 from mckd_lab.method.strategies import StepContext, make_strategy
 from mckd_lab.rundir import CHECKPOINT, RunDir, load_checkpoint, save_checkpoint
 from mckd_lab.runs import Run, load_run
+from mckd_lab.slowdown import SlowdownMonitor
 from mckd_lab.tasks import make_task, validate_config
 
 __all__ = ["Run", "TrainingDiverged", "load_checkpoint", "load_run", "save_checkpoint", "train"]
@@ -61,20 +65,37 @@ def train(
     ``target``) used instead of ``config.data`` (e.g. in-memory tensors; without heldout_data the training
     data also serves as the held-out split). callbacks: called with every history
     record as it is written (a notebook can plot live). resume: continue from ``run_dir/checkpoint.pt``.
+    Started by torch's launcher (torchrun, ``mckd-lab train --nproc``), it trains with DDP on every rank
+    (``mckd_lab.distributed`` says how the work is shared); rank 0 alone writes, calls the callbacks and
+    returns the Run (the other ranks return None).
     """
     validate_config(config)
-    folder, task = RunDir(run_dir), make_task(config.data.task)
-    folder.start(config.to_dict(), resume)
-    opt, rt, seed = config.optim, config.runtime, config.runtime.seed
-    device = torch.device(rt.device)
+    folder, ddp = RunDir(run_dir), distributed.setup(config.runtime.device)
+    with folder.lock() if ddp.main else nullcontext():  # a second process on the folder is refused here
+        _train(config, folder, ddp, train_data, heldout_data, callbacks, resume)
+    ddp.barrier()  # a failed rank never gets here: the launcher stops the others
+    ddp.close()
+    return load_run(folder.path) if ddp.main else None
+
+
+def _train(config, folder, ddp, train_data, heldout_data, callbacks, resume) -> None:
+    task = make_task(config.data.task)
+    if ddp.main:
+        folder.start(config.to_dict(), resume)
+    opt, rt, seed, rank = config.optim, config.runtime, config.runtime.seed, ddp.seed_keys()
+    device = ddp.device
     autocast = _autocast(device, rt.amp)
 
     # --- data, model, strategy, optimiser -------------------------------------------------------------------
     if train_data is None:
-        setup = task.setup(config.data, folder.path)
+        for turn in ("main", "others"):  # rank 0 first: it may generate the data, and writes the split
+            if ddp.main == (turn == "main"):
+                setup = task.setup(config.data, folder.path)
+            ddp.barrier()
         train_data, heldout_data, task_loss = setup.train, setup.heldout, setup.loss
         for name, obj in {"splits.json": setup.cases, **setup.files}.items():
-            folder.write_json(name, obj)
+            if ddp.main:
+                folder.write_json(name, obj)
     else:
         task_loss = task.make_loss()
     heldout_data = heldout_data if heldout_data is not None else train_data
@@ -86,30 +107,38 @@ def train(
 
     start = 0
     if resume:
-        state = folder.resume_state(config.to_dict())
+        state = ddp.broadcast(folder.resume_state(config.to_dict()) if ddp.main else None)
+        if state.get("world_size", 1) != ddp.world_size:
+            raise ValueError(
+                f"{folder / CHECKPOINT} was written by a run on {state.get('world_size', 1)} process(es); "
+                f"resume it on as many (it was started on {ddp.world_size}): the global batch depends on it"
+            )
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         strategy.load_state_dict(state["strategy"])
         _set_rng_state(state["rng"])
         start = state["iteration"]
+    net = ddp.wrap(model)  # DDP in a distributed run (the strategies use the bare model: no collectives)
 
     def log(record: dict) -> None:
-        folder.append(record)
-        for callback in callbacks:
-            callback(record)
+        if ddp.main:
+            folder.append(record)
+            for callback in callbacks:
+                callback(record)
 
     def heldout_batch(iteration: int, k: int, batch_size: int | None = None) -> dict:
         return _to(_batch(heldout_data, batch_size or opt.batch_size, _seed(seed, iteration, 2, k)), device)
 
     # --- the loop -----------------------------------------------------------------------------------------
-    bar = tqdm(range(start, opt.iterations), initial=start, total=opt.iterations, disable=not rt.progress,
-               desc=f"{config.method.name}", dynamic_ncols=True)  # fmt: skip
+    bar = tqdm(range(start, opt.iterations), initial=start, total=opt.iterations,
+               disable=not (rt.progress and ddp.main), desc=f"{config.method.name}", dynamic_ncols=True)  # fmt: skip
+    slow = SlowdownMonitor(threads=torch.get_num_threads())  # an oversubscribed CPU is said once, with the fix
     for it in bar:
         tic = time.perf_counter()
-        _seed_everything(_seed(seed, it, 0))
-        generator = torch.Generator().manual_seed(_seed(seed, it, 1))
+        _seed_everything(_seed(seed, it, 0, *rank))
+        generator = torch.Generator().manual_seed(_seed(seed, it, 1, *rank))
         stage = "warmup" if it < opt.warmup_iterations else "missing"
-        batch = _to(_batch(train_data, opt.batch_size, _seed(seed, it, 3)), device)
+        batch = _to(_batch(train_data, opt.batch_size, _seed(seed, it, 3), ddp.rank, ddp.world_size), device)
 
         # one subset per batch (stage 2), within what each sample really has
         drawn = strategy.sampler.sample(generator) if stage == "missing" else (True,) * m
@@ -121,13 +150,14 @@ def train(
 
         model.train()
         with autocast():
-            out = model(batch["image"], present)
+            out = net(batch["image"], present)
         loss_task = task_loss(out.logits, batch["target"])
         loss_kd = pairwise_kd_loss(out.features.float(), present, strategy.pair_weights())
         loss = loss_task + config.method.kd_weight * loss_kd
-        if not torch.isfinite(loss):
+        mean_loss, mean_task, mean_kd = ddp.mean(torch.stack([loss, loss_task, loss_kd])).tolist()
+        if not math.isfinite(mean_loss):  # on every rank at once (a NaN anywhere makes the mean NaN)
             raise TrainingDiverged(
-                f"iteration {it}: the loss is {loss.item()} (task {loss_task.item()}, KD {loss_kd.item()}); "
+                f"iteration {it}: the loss is {mean_loss} (task {mean_task}, KD {mean_kd}); "
                 f"training stopped. {folder / CHECKPOINT} keeps the last good state; try a lower optim.lr"
             )
         optimizer.zero_grad(set_to_none=True)
@@ -139,29 +169,34 @@ def train(
         ctx = StepContext(it, stage, model, task, batch, lr, config.method.kd_weight,
                           lambda k, size=None, it=it: heldout_batch(it, k, size), generator, task_loss,
                           autocast)  # fmt: skip
-        update = strategy.update(ctx)
-        log({"kind": "train", "iteration": it, "stage": stage, "lr": lr, "loss": loss.item(),
-             "loss_task": loss_task.item(), "loss_kd": loss_kd.item(),
+        update = ddp.sync_strategy(strategy, lambda ctx=ctx: strategy.update(ctx))
+        log({"kind": "train", "iteration": it, "stage": stage, "lr": lr, "loss": mean_loss,
+             "loss_task": mean_task, "loss_kd": mean_kd,
              "subset": subset_name(present.any(0).tolist(), task.modalities),
-             "seconds": time.perf_counter() - tic})  # fmt: skip
+             "seconds": (seconds := time.perf_counter() - tic)})  # fmt: skip
         if update:
             log(update)
-        bar.set_postfix_str(_postfix(loss.item(), strategy.importance(), task.modalities), refresh=False)
+        if warning := slow.observe(seconds):
+            log({"kind": "warning", "iteration": it, "message": warning})
+            bar.write(f"warning: {warning}")
+        postfix = _postfix(mean_loss, strategy.importance(), task.modalities)
+        bar.set_postfix_str(postfix + (f" | {slow.hint}" if slow.hint else ""), refresh=False)
 
         if (it + 1) % rt.checkpoint_every == 0 or it + 1 == opt.iterations:
             if not all(torch.isfinite(p).all() for p in model.parameters()):
                 raise TrainingDiverged(
                     f"iteration {it}: the weights hold NaN/inf; {folder / CHECKPOINT} keeps the last good state"
                 )
-            folder.save_checkpoint({
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "strategy": strategy.state_dict(), "iteration": it + 1, "rng": _rng_state(),
-                "config": config.to_dict(),
-            })  # fmt: skip
+            if ddp.main:
+                folder.save_checkpoint({
+                    "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "strategy": strategy.state_dict(), "iteration": it + 1, "rng": _rng_state(),
+                    "config": config.to_dict(), "world_size": ddp.world_size,
+                })  # fmt: skip
     bar.close()
-    folder.save_checkpoint({"model": model.state_dict(), "strategy": strategy.state_dict(),
-                            "iteration": opt.iterations, "config": config.to_dict()}, final=True)  # fmt: skip
-    return load_run(folder.path)
+    if ddp.main:
+        folder.save_checkpoint({"model": model.state_dict(), "strategy": strategy.state_dict(),
+                                "iteration": opt.iterations, "config": config.to_dict()}, final=True)  # fmt: skip
 
 
 # --- helpers ------------------------------------------------------------------------------------------------
@@ -192,13 +227,15 @@ def _seed_everything(seed: int) -> None:
     random.seed(seed)
 
 
-def _batch(dataset, batch_size: int, seed: int) -> dict:
+def _batch(dataset, batch_size: int, seed: int, rank: int = 0, world_size: int = 1) -> dict:
     """``batch_size`` items drawn with replacement; a dataset with a MONAI ``transform`` is reseeded per item
-    so its random crops are a function of ``seed``."""
+    so its random crops are a function of ``seed``. Of ``world_size`` ranks, ``rank`` takes its share of one
+    global draw of ``batch_size * world_size`` items (so N ranks see one process's batch of N times the size)."""
     g = torch.Generator().manual_seed(seed)
+    drawn = torch.randint(len(dataset), (batch_size * world_size,), generator=g).tolist()
     items = []
-    for j, i in enumerate(torch.randint(len(dataset), (batch_size,), generator=g).tolist()):
-        transform = getattr(dataset, "transform", None)
+    for j in range(rank * batch_size, (rank + 1) * batch_size):
+        i, transform = drawn[j], getattr(dataset, "transform", None)
         if hasattr(transform, "set_random_state"):
             transform.set_random_state(seed=_seed(seed, j))
         items.append(dataset[i])

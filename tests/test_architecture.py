@@ -18,6 +18,7 @@ PACKAGE = ROOT / "mckd_lab"
 LAYERS = {
     "mckd_lab": 0, "mckd_lab.config": 0, "mckd_lab.rundir": 0.5, "mckd_lab.slowdown": 0, "mckd_lab.data.cards": 0,
     "mckd_lab.data.missing": 0,
+    "mckd_lab.distributed": 0.5,
     "mckd_lab.data": 1, "mckd_lab.method": 1, "mckd_lab.losses": 1, "mckd_lab.models": 1.5,
     "mckd_lab.metrics": 2, "mckd_lab.infer": 2.1, "mckd_lab.explain": 2.2,
     "mckd_lab.study": 2.3,
