@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -235,7 +236,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_tutorials)
 
     add_subcommands(sub)  # run, sweep, strip (mckd_lab.experiments)
+    for name in THREADED:
+        sub.choices[name].add_argument(
+            "--threads", type=int, metavar="N",
+            help="CPU threads of torch / OpenMP (default: one per core); on a CPU other busy processes share, "
+            "1 is often many times faster. Sets OMP_NUM_THREADS for the kernels and workers started from here",
+        )  # fmt: skip
     return parser
+
+
+THREADED = ("phantoms", "cohort", "train", "evaluate", "predict", "explain", "demo", "run", "sweep")
+
+
+def set_threads(threads: int | None) -> None:
+    """``--threads N``: torch's intra-op threads here, and OMP/MKL threads of the processes started from here
+    (a papermill kernel, Dask workers: a sweep caps each run's threads at it)."""
+    if threads is None:
+        return
+    if threads < 1:
+        raise ValueError(f"--threads {threads}: give 1 or more")
+    import torch
+
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(threads)
+    torch.set_num_threads(threads)
 
 
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, KeyError)
@@ -244,6 +268,7 @@ USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryErro
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        set_threads(getattr(args, "threads", None))
         args.func(args)
     except Exception as err:
         if not isinstance(err, (*USER_ERRORS, TrainingDiverged)):

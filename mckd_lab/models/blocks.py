@@ -24,6 +24,35 @@ class WSConv3d(nn.Conv3d):
         )
 
 
+class PatchUpsample3d(nn.ConvTranspose3d):
+    """A transposed convolution with kernel = stride (no overlap, e.g. 2 x 2 x 2, stride 2), the decoder's
+    upsampling; parameters and state dict are ``nn.ConvTranspose3d``'s.
+
+    Without autograd (inference, the meta step's encoder, held-out scoring) it is computed as one matrix
+    product and a reshuffle, which gives the same sums as the convolution (each output voxel is one input
+    voxel's channels times one kernel tap: a single dot product over C_in) and is 2-3x faster on CPUs, where
+    PyTorch runs this convolution in a slow generic kernel (measured in benchmarks/README.md, "Speed"). With
+    autograd the convolution itself runs (its backward is faster than the matrix product's).
+    """
+
+    def forward(self, x: torch.Tensor, output_size=None) -> torch.Tensor:
+        k = self.kernel_size
+        plain = (
+            output_size is None and tuple(self.stride) == tuple(k) and self.groups == 1
+            and tuple(self.padding) == (0, 0, 0) and tuple(self.output_padding) == (0, 0, 0)
+            and tuple(self.dilation) == (1, 1, 1) and x.dim() == 5
+        )  # fmt: skip
+        if not plain or (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)):
+            return super().forward(x, output_size)
+        n, c, d, h, w = x.shape
+        o = self.out_channels
+        y = torch.matmul(self.weight.reshape(c, -1).t(), x.reshape(n, c, -1))  # (n, o * k^3, d h w)
+        if self.bias is not None:
+            y = y + self.bias.repeat_interleave(k[0] * k[1] * k[2]).view(1, -1, 1)
+        y = y.view(n, o, *k, d, h, w).permute(0, 1, 5, 2, 6, 3, 7, 4)
+        return y.reshape(n, o, d * k[0], h * k[1], w * k[2])
+
+
 class SkipDecoder(nn.Module):
     """Decode concatenated per-modality bottlenecks with per-level concatenated skips.
 
@@ -57,7 +86,7 @@ class SkipDecoder(nn.Module):
             raise ValueError(f"{len(decoder_channels)} decoder levels for {len(skip_channels)} skip levels")
         m, widths = num_modalities, [bottleneck_channels * num_modalities, *decoder_channels]
         self.up = nn.ModuleList(
-            nn.ConvTranspose3d(widths[i], widths[i + 1], kernel_size=2, stride=2, bias=False)
+            PatchUpsample3d(widths[i], widths[i + 1], kernel_size=2, stride=2, bias=False)
             for i in range(len(decoder_channels))
         )
         deep_first = list(reversed(skip_channels))
