@@ -157,8 +157,10 @@ def paired_bootstrap(diff: np.ndarray, n_boot: int = 2000, seed: int = 0, level:
     rng = np.random.default_rng(seed)
     seeds = rng.integers(0, s, (n_boot, s))
     cases = rng.integers(0, n, (n_boot, n))
-    picked = diff[seeds[:, :, None], cases[:, None, :]]  # (B, s, n)
-    reps = np.nanmean(picked.reshape(n_boot, -1), axis=1)
+    picked = diff[seeds[:, :, None], cases[:, None, :]].reshape(n_boot, -1)  # (B, s * n)
+    finite = np.isfinite(picked)
+    reps = np.where(finite, picked, 0.0).sum(1) / np.maximum(finite.sum(1), 1)
+    reps = reps[finite.any(1)]  # a replicate that drew only left-out cells has no value
     alpha = (1 - level) / 2
     return {"mean": float(np.nanmean(diff)), "lo": float(np.nanquantile(reps, alpha)),
             "hi": float(np.nanquantile(reps, 1 - alpha)), "n_seeds": int(s),

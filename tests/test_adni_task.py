@@ -94,13 +94,14 @@ def test_task_options_and_refusals():
 @pytest.mark.parametrize("name", sorted(STRATEGIES))
 def test_every_strategy_trains_on_adni(cohort, tmp_path, name):
     config = RunConfig().with_overrides(
-        {**SMALL, "data.task": "adni", "data.root": str(cohort), "method.name": name}
+        {**SMALL, "data.task": "adni", "data.root": str(cohort), "method.name": name,
+         "method.oracle_importance": [0.4, 0.2, 0.1, 0.3]}
     )
     result = train(config, tmp_path / "run")
     steps = result.records("train")
     assert len(steps) == 6 and all(np.isfinite(r["loss"]) for r in steps)
     kinds = {r["kind"] for r in result.history}
-    expected = {"none": set(), "uniform": set(), "lckd": {"elect"}}.get(name, {"meta"})
+    expected = {"none": set(), "uniform": set(), "oracle": set(), "lckd": {"elect"}}.get(name, {"meta"})
     assert kinds == {"train"} | expected
     if name == "none":
         assert all(r["loss_kd"] == 0 for r in steps)

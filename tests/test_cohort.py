@@ -1,14 +1,16 @@
 """Synthetic ADNI-like cohort: ADNIMERGE format, visits, published targets, correlations, missingness."""
 
 import inspect
+import json
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from mckd_lab.data.cards import load_card
-from mckd_lab.data.cohort import T1_REFERENCE, generate_cohort
+from mckd_lab.data.cohort import T1_REFERENCE, cohort_record, generate_cohort
 from mckd_lab.data.t1_phantoms import T1_VOLUMES
+from mckd_lab.study import cohort_importance, source_informativeness
 
 SUBJECTS = 400
 
@@ -128,3 +130,47 @@ def test_t1_reference_is_the_cn_mean_over_icv():
     assert T1_REFERENCE == pytest.approx(  # CN means at 75 over ICV 1.5e6 mm^3
         {"Hippocampus": 7300 / 1.5e6, "Ventricles": 33000 / 1.5e6, "WholeBrain": 1030000 / 1.5e6}
     )
+
+
+# --- redundancy: how much each source carries about the diagnosis --------------------------------------------
+
+
+def test_redundancy_zero_is_the_calibrated_cohort_and_is_recorded(tmp_path):
+    plain = generate_cohort(tmp_path / "plain.csv", subjects=80, seed=5)
+    zero = generate_cohort(tmp_path / "zero.csv", subjects=80, seed=5, redundancy=0.0)
+    assert plain.read_bytes() == zero.read_bytes()
+    more = generate_cohort(tmp_path / "more.csv", subjects=80, seed=5, redundancy=1.0)
+    assert more.read_bytes() != plain.read_bytes()
+    assert json.loads(cohort_record(more).read_text())["redundancy"] == 1.0
+    assert json.loads(cohort_record(plain).read_text()) == {
+        "generator": "mckd_lab.data.cohort.generate_cohort", "subjects": 80, "seed": 5, "t1_size": None,
+        "redundancy": 0.0}  # fmt: skip
+    with pytest.raises(ValueError, match="redundancy"):
+        generate_cohort(tmp_path / "bad.csv", subjects=10, redundancy=1.5)
+
+
+def test_redundancy_leaves_imaging_alone_and_moves_the_other_sources(tmp_path):
+    a = pd.read_csv(generate_cohort(tmp_path / "a.csv", subjects=400, seed=2), dtype=str, keep_default_na=False)
+    b = pd.read_csv(generate_cohort(tmp_path / "b.csv", subjects=400, seed=2, redundancy=1.0), dtype=str,
+                    keep_default_na=False)  # fmt: skip
+    bl_a, bl_b = a[a.VISCODE == "bl"], b[b.VISCODE == "bl"]
+    assert (bl_a["Hippocampus"] == bl_b["Hippocampus"]).all()  # imaging: the same draws (no age leak)
+    ad, cn = bl_b.DX_bl == "AD", bl_b.DX_bl.isin(["CN", "SMC"])
+    gap = {name: num(df.loc[ad & (df.VISCODE == "bl"), "AGE"]).mean() - num(df.loc[cn, "AGE"]).mean()
+           for name, df in (("a", bl_a), ("b", bl_b))}  # fmt: skip
+    assert gap["b"] > gap["a"] + 2  # AD older than CN by ~0.85 sd of age more
+
+
+def test_ground_truth_ranking_per_redundancy(tmp_path):
+    """The card's ranking, computed on small cohorts: at R = 0 imaging carries most and clinical least; at R = 1
+    every other source carries more than at R = 0 and the spread between sources shrinks."""
+    info = {r: source_informativeness(generate_cohort(tmp_path / f"r{r}.csv", subjects=1000, seed=4,
+                                                      redundancy=r)) for r in (0.0, 1.0)}  # fmt: skip
+    zero, one = info[0.0], info[1.0]
+    assert max(zero, key=zero.get) == "imaging" and min(zero, key=zero.get) == "clinical"
+    assert zero["imaging"] > zero["biospecimen"] > zero["genetic"] > zero["clinical"]
+    for source in ("genetic", "clinical", "biospecimen"):
+        assert one[source] > zero[source] + 0.03
+    assert max(one.values()) - min(one.values()) < max(zero.values()) - min(zero.values()) - 0.03
+    w = cohort_importance(zero)
+    assert sum(w) == pytest.approx(1.0, abs=1e-3) and w[0] == max(w) and w[2] == min(w)

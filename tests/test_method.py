@@ -18,7 +18,14 @@ from mckd_lab.data.missing import (
 from mckd_lab.losses import SegmentationLoss
 from mckd_lab.method.importance import ImportanceWeights, mckd_pair_weights
 from mckd_lab.method.kd import fill_missing, kd_pairs, pairwise_kd_loss
-from mckd_lab.method.meta import _Bottlenecks, kd_pair_losses, meta_step
+from mckd_lab.method.meta import (
+    _Bottlenecks,
+    kd_pair_losses,
+    meta_rounds,
+    meta_step,
+    reference_omega_steps,
+    scaled_meta_schedule,
+)
 from mckd_lab.models import build_segmentation_network
 
 MODS = ("flair", "t1", "t1ce", "t2")
@@ -220,3 +227,43 @@ def test_sampling_within_availability_never_drops_the_last_modality():
     }
     draws = {sampler.sample(g, available=(True, False, False, True)) for _ in range(200)}
     assert draws == {(True, False, False, False), (False, False, False, True), (True, False, False, True)}
+
+
+# --- the meta schedule scaled to the run length ----------------------------------------------------------------
+
+
+def _rounds_by_the_strategy_rule(iterations, warmup, every_warmup, every_missing):
+    """Meta rounds as ``Strategy._due`` decides them, iteration by iteration."""
+    count = 0
+    for t in range(iterations):
+        every = every_warmup if t < warmup else every_missing
+        count += every > 0 and (t + 1) % every == 0
+    return count
+
+
+def test_reference_schedule_is_17420_omega_steps():
+    assert reference_omega_steps() == (80_000 // 100 + 1 + 35_000 // 500) * 20 == 17_420
+
+
+@pytest.mark.parametrize("iterations, warmup, every_w, every_m", [(500, 166, 51, 255), (100, 33, 7, 35), (9, 3, 2, 4)])
+def test_meta_rounds_count_what_the_strategies_do(iterations, warmup, every_w, every_m):
+    assert meta_rounds(iterations, warmup, every_w, every_m) == _rounds_by_the_strategy_rule(
+        iterations, warmup, every_w, every_m
+    )
+
+
+@pytest.mark.parametrize("iterations, warmup, fraction", [(500, 166, 0.005), (1500, 500, 0.01), (400, 133, 0.02)])
+def test_scaled_meta_schedule_hits_the_fraction_with_the_authors_shape(iterations, warmup, fraction):
+    s = scaled_meta_schedule(iterations, warmup, fraction)
+    assert s["meta_batches"] == 20 and s["meta_every_missing"] == 5 * s["meta_every_warmup"]
+    rounds = _rounds_by_the_strategy_rule(iterations, warmup, s["meta_every_warmup"], s["meta_every_missing"])
+    assert s["meta_fraction"] == pytest.approx(rounds * 20 / 17_420, abs=1e-6)
+    assert abs(rounds - fraction * 17_420 / 20) <= 1.0  # the closest whole number of rounds (within one)
+
+
+def test_scaled_meta_schedule_at_full_length_is_the_authors():
+    s = scaled_meta_schedule(115_000, 80_000, 1.0)
+    assert (s["meta_every_warmup"], s["meta_every_missing"]) == (100, 500)
+    assert s["meta_fraction"] == pytest.approx(1.0, abs=2e-3)  # their extra round at iteration 0 aside
+    with pytest.raises(ValueError, match="fraction"):
+        scaled_meta_schedule(100, 30, 0.0)

@@ -15,7 +15,8 @@ from mckd_lab.data.missing import SubsetSampler
 from mckd_lab.method.strategies import STRATEGIES, StepContext, make_strategy
 from mckd_lab.tasks import make_task
 
-CONFIG = MethodConfig(meta_every_warmup=2, meta_every_missing=2, elect_every=2, meta_batches=1)
+CONFIG = MethodConfig(meta_every_warmup=2, meta_every_missing=2, elect_every=2, meta_batches=1,
+                      oracle_importance=(0.4, 0.1, 0.3, 0.2))
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
@@ -81,7 +82,7 @@ def test_update_is_silent_when_not_due_and_never_steps_the_network(strategy, con
     before = {k: v.clone() for k, v in ctx.model.state_dict().items()}
     record = strategy.update(ctx)
     assert all(torch.equal(before[k], v) for k, v in ctx.model.state_dict().items())
-    kind = {"none": None, "uniform": None, "lckd": "elect"}.get(strategy.name, "meta")
+    kind = {"none": None, "uniform": None, "oracle": None, "lckd": "elect"}.get(strategy.name, "meta")
     assert record == {} if kind is None else (record["kind"], record["iteration"]) == (kind, 1)
     json.dumps(record)  # history lines are plain JSON
 
@@ -138,3 +139,21 @@ def test_lckd_elects_the_best_single_modality_per_output_as_teachers(context, mo
     c = s.pair_weights()
     for i, m in enumerate(mods):  # unweighted KD from each teacher (row) to every modality
         assert c[i].tolist() == [1.0 if m in record["teachers"] else 0.0] * 4
+
+
+def test_oracle_weights_are_the_given_ground_truth_and_never_move(context, mods):
+    s = make_strategy("oracle", mods, CONFIG)
+    w = torch.tensor([0.4, 0.1, 0.3, 0.2])
+    torch.testing.assert_close(s.importance(), w)
+    torch.testing.assert_close(s.pair_weights(), w[:, None] / w[None, :])  # MCKD's w_i / w_j, [teacher, student]
+    assert s.pair_weights()[0, 1] == pytest.approx(4.0)  # the most important teacher pulls the least 4x
+    assert s.update(context(iteration=1)) == {} and s.update(context(iteration=3)) == {}  # no meta step
+    torch.testing.assert_close(s.importance(), w)
+    unnormalised = make_strategy("oracle", mods, MethodConfig(oracle_importance=(4, 1, 3, 2)))
+    torch.testing.assert_close(unnormalised.pair_weights(), s.pair_weights())
+
+
+@pytest.mark.parametrize("given", [(), (0.5, 0.5), (0.5, 0.5, 0.0, 0.0)])
+def test_oracle_refuses_missing_or_non_positive_weights(given):
+    with pytest.raises(ValueError, match="oracle_importance"):
+        make_strategy("oracle", ("flair", "t1", "t1ce", "t2"), MethodConfig(oracle_importance=given))
