@@ -13,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-from mckd_lab import __version__
+from mckd_lab import __version__, distributed
 from mckd_lab.data.adni import format_inspection as describe_csv
 from mckd_lab.data.adni import inspect_csv
 from mckd_lab.data.brats import format_inspection as describe_folder
@@ -23,6 +23,7 @@ from mckd_lab.data.phantoms import generate_phantoms
 from mckd_lab.demo import run_demo
 from mckd_lab.experiments import add_subcommands
 from mckd_lab.method.strategies import STRATEGIES
+from mckd_lab.rundir import CHECKPOINT, DiskFull, RunDir
 from mckd_lab.runs import evaluate_run, explain_run, predict_run, render_table
 from mckd_lab.tasks import TASKS, make_task, validate_config
 from mckd_lab.train import TrainingDiverged, train
@@ -90,7 +91,16 @@ def build_config(a):
 
 def cmd_train(a):
     config = build_config(a)
+    if a.nproc > 1 and "WORLD_SIZE" not in os.environ:  # --nproc: this command again, under torch's launcher
+        try:
+            return distributed.cli_train(a.nproc, distributed.without_option(a.argv, "--nproc"))
+        except distributed.DistributedRunFailed as err:
+            state = RunDir(a.out).last_checkpoint() if (a.out / CHECKPOINT).exists() else None
+            kept = f"; {a.out} keeps iteration {state['iteration']}: continue with --resume" if state else ""
+            raise distributed.DistributedRunFailed(f"{err}{kept}") from None
     run = train(config, a.out, resume=a.resume)
+    if run is None:  # a rank other than 0 of a distributed run: rank 0 reports
+        return
     print(f"trained {config.method.name} for {run.iteration} iterations; run directory {a.out}")
     if run.importance:
         print("importance weights: " + ", ".join(f"{m} {w:.3f}" for m, w in run.importance.items()))
@@ -192,6 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     p.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE", help="any config field")
     p.add_argument("--resume", action="store_true", help="continue from RUN/checkpoint.pt")
+    p.add_argument("--nproc", type=int, default=1, help="train in N processes with DDP (torch's launcher, as "
+                   "torchrun --standalone --nproc_per_node N); --batch is per process")  # fmt: skip
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="the all-subsets table of a run (writes RUN/metrics.json)")
@@ -262,11 +274,13 @@ def set_threads(threads: int | None) -> None:
     torch.set_num_threads(threads)
 
 
-USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, KeyError)
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, KeyError, DiskFull,
+               distributed.DistributedRunFailed)  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         set_threads(getattr(args, "threads", None))
         args.func(args)

@@ -193,8 +193,8 @@ def describe_failure(err) -> str:
     message = failure.message
     while isinstance(message, dict):  # the error file's contents: {"message": "Error: text", "extraInfo": ...}
         message = message.get("message", "")
-    lines = str(message).strip().splitlines()
-    error = lines[-1] if lines else "no message (see that rank's output above)"
+    lines = [ln for ln in str(message).strip().splitlines() if "To enable traceback" not in ln]
+    error = lines[-1] if lines else "printed in that rank's output above"
     return (f"rank {rank} (pid {failure.pid}) failed with exit code {failure.exitcode}; the launcher stopped "
             f"the other ranks. Its error: {error}")  # fmt: skip
 
@@ -211,3 +211,16 @@ def cli_train(nproc: int, argv: Sequence[str]) -> None:
     """``mckd-lab train --nproc N ...``: the same command (``argv`` without ``--nproc``) in ``nproc`` processes
     through torch's launcher, as ``torchrun --standalone --nproc_per_node N -m mckd_lab.cli train ...``."""
     launch(nproc, sys.executable, ["-m", "mckd_lab.cli", *argv])
+
+
+def without_option(argv: Sequence[str], option: str) -> list[str]:
+    """``argv`` without ``option VALUE`` / ``option=VALUE``."""
+    out, skip = [], False
+    for item in argv:
+        if skip:
+            skip = False
+        elif item == option:
+            skip = True
+        elif not item.startswith(option + "="):
+            out.append(item)
+    return out
