@@ -71,14 +71,15 @@ def grid(spec: Path) -> list[dict]:
 
 
 def order(runs: list[dict]) -> list[dict]:
-    """Priority: the BraTS main grid (R = 0 then 0.5), seed by seed with none beside mckd (so the two run at
-    the same time and share the load: the paired timing), then ADNI, then the dose response."""
+    """Priority: ADNI (cheap: a whole arm of the study early), then the BraTS main grid (R = 0 then 0.5), seed by
+    seed with none beside mckd (so the two run at the same time and share the load: the paired timing), then
+    the dose response."""
     rank = {"none": 0, "mckd": 1, "uniform": 2, "oracle": 3}
 
     def key(run):
         p = run["params"]
         dose = float(p.get("method.kd_weight", 0.1)) != 0.1
-        return (2 if dose else run["task"] != "brats", run["redundancy"], p["seed"], rank.get(p["method"], 9))
+        return (2 if dose else int(run["task"] == "brats"), run["redundancy"], p["seed"], rank.get(p["method"], 9))
 
     return sorted(runs, key=key)
 
