@@ -30,6 +30,7 @@ import pickle
 import shutil
 import tempfile
 import warnings
+import zipfile
 from contextlib import contextmanager
 from pathlib import Path
 from collections.abc import Iterator
@@ -158,6 +159,8 @@ def load_checkpoint(path: str | Path) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
+        if not zipfile.is_zipfile(path):  # not torch's archive: bytes the legacy unpickler choked on
+            raise CheckpointCorrupt(f"{path} is damaged and cannot be read (not a torch checkpoint archive)") from None
         raise CheckpointCorrupt(
             f"{path} holds pickled Python objects, not only tensors and plain values; mckd-lab does not "
             "unpickle them (that can run arbitrary code). Save state dicts instead, e.g. "
