@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import statistics
-from itertools import combinations
 from pathlib import Path
 
 import numpy as np
@@ -197,6 +196,36 @@ def macro_f1(y: np.ndarray, p: np.ndarray) -> float:
 METRICS = {"balanced_accuracy": balanced_accuracy, "macro_f1": macro_f1}
 
 
+def adni_groups(by: dict, subsets: list[str], a: str, b: str, subset: str | None) -> list[tuple]:
+    """Per seed both strategies have: (target, pred a, pred b) of the subjects scored on ``subset``, or, for
+    None, (target, (N, 15) preds a, (N, 15) preds b) so the 15 subsets are resampled together."""
+    out = []
+    for s in sorted(set(by.get(a, {})) & set(by.get(b, {}))):
+        y = np.array(by[a][s]["target"])
+        pa = np.array([row["pred"] for row in by[a][s]["subsets"]])  # (15, N)
+        pb = np.array([row["pred"] for row in by[b][s]["subsets"]])
+        if subset is None:
+            out.append((y, pa.T, pb.T))
+        else:
+            i = subsets.index(subset)
+            keep = pa[i] >= 0
+            out.append((y[keep], pa[i][keep], pb[i][keep]))
+    return out
+
+
+def mean15_difference(metric):
+    """The statistic: mean over the 15 subsets of metric(a) - metric(b), each on the subjects it scores."""
+
+    def stat(target, pa, pb):
+        values = []
+        for i in range(pa.shape[1]):
+            keep = pa[:, i] >= 0
+            values.append(metric(target[keep], pa[keep, i]) - metric(target[keep], pb[keep, i]))
+        return float(np.mean(values))
+
+    return stat
+
+
 def adni_report(runs_all: list[dict], truth: dict) -> tuple[dict, list[str]]:
     out, md = {}, []
     for r in sorted({x["redundancy"] for x in runs_all}):
@@ -207,30 +236,6 @@ def adni_report(runs_all: list[dict], truth: dict) -> tuple[dict, list[str]]:
         mods = next(iter(next(iter(by.values())).values()))["modalities"]
         subsets = [row["subset"] for row in next(iter(next(iter(by.values())).values()))["subsets"]]
         block = {"seeds": {m: sorted(v) for m, v in by.items()}}
-
-        def groups(a, b, subset):
-            seeds = sorted(set(by.get(a, {})) & set(by.get(b, {})))
-            out = []
-            for s in seeds:
-                y = np.array(by[a][s]["target"])
-                pa = np.array([row["pred"] for row in by[a][s]["subsets"]])  # (15, N)
-                pb = np.array([row["pred"] for row in by[b][s]["subsets"]])
-                if subset is not None:
-                    i = subsets.index(subset)
-                    keep = pa[i] >= 0
-                    out.append((y[keep], pa[i][keep], pb[i][keep]))
-                else:
-                    out.append((y, pa.T, pb.T))  # subjects x subsets: resampled together
-            return out
-
-        def mean15(metric):
-            def stat(y, pa, pb):
-                values = []
-                for i in range(pa.shape[1]):
-                    keep = pa[:, i] >= 0
-                    values.append(metric(y[keep], pa[keep, i]) - metric(y[keep], pb[keep, i]))
-                return float(np.mean(values))
-            return stat
 
         absolute = {}
         for m, seeds in by.items():
@@ -246,11 +251,13 @@ def adni_report(runs_all: list[dict], truth: dict) -> tuple[dict, list[str]]:
         diffs = {}
         for a, b in COMPARISONS:
             if a in by and b in by:
-                rows = {"mean15": {name: bootstrap_metric(groups(a, b, None), mean15(metric), n_boot=300)
+                rows = {"mean15": {name: bootstrap_metric(adni_groups(by, subsets, a, b, None),
+                                                          mean15_difference(metric), n_boot=300)
                                    for name, metric in METRICS.items()}}  # fmt: skip
                 for subset in subsets:
                     rows[subset] = {name: bootstrap_metric(
-                        groups(a, b, subset), lambda y, pa, pb, metric=metric: metric(y, pa) - metric(y, pb),
+                        adni_groups(by, subsets, a, b, subset),
+                        lambda t, pa, pb, metric=metric: metric(t, pa) - metric(t, pb),
                         n_boot=500) for name, metric in METRICS.items()}  # fmt: skip
                 diffs[f"{a}-{b}"] = rows
         block["paired"] = diffs
