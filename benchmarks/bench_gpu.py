@@ -14,7 +14,13 @@ each). For comparison, the authors' network at this size takes 65.4 s per step o
 (METHOD.md). On a machine without CUDA it says so and exits 0. Results go to ``--out`` (default
 ``benchmarks/results/gpu.json``).
 
-    .venv/bin/python benchmarks/bench_gpu.py [--quick] [--out PATH]
+With ``--ddp``, the DDP case instead: MCKD trained by 1 process on 1 GPU and by N processes on N GPUs
+(``--gpus N``, default all; ``mckd_lab.distributed.launch``, NCCL, the same per-process batch of 2, so N GPUs
+take N times the samples per iteration); s/iter is rank 0's wall clock between the first and last timed
+iterations, and the scaling efficiency ``t_1 / t_N`` (1.0: N GPUs do N times the work in the same time).
+It needs CUDA and at least 2 GPUs and says so otherwise. Results go to ``results/gpu_ddp.json``.
+
+    .venv/bin/python benchmarks/bench_gpu.py [--quick] [--ddp [--gpus N]] [--out PATH]
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from pathlib import Path
 import torch
 
 RESULTS = Path(__file__).parent / "results" / "gpu.json"
+DDP_RESULTS = Path(__file__).parent / "results" / "gpu_ddp.json"
 
 
 def volumes(n: int, shape: tuple[int, int, int]) -> list[dict]:
@@ -82,6 +89,67 @@ def timed(name: str, args, data: list[dict]) -> dict:
     return row
 
 
+def ddp_job(settings: dict, run_dir: str) -> dict | None:
+    """One rank of the DDP case: MCKD on the reference backbone; rank 0 returns its wall-clock stamps."""
+    from mckd_lab.config import RunConfig
+    from mckd_lab.train import train
+
+    warmup, iterations = settings["warmup"], settings["warmup"] + settings["measure"]
+    config = RunConfig().with_overrides({
+        "model.backbone": "reference", "data.crop": list(settings["shape"]), "optim.batch_size": 2,
+        "optim.iterations": iterations, "optim.warmup_iterations": iterations // 2, "method.name": "mckd",
+        "method.meta_every_warmup": settings["meta_every"], "method.meta_every_missing": settings["meta_every"],
+        "method.meta_batches": settings["meta_batches"], "runtime.device": "cuda", "runtime.amp": True,
+        "runtime.checkpoint_every": iterations, "runtime.progress": False,
+    })  # fmt: skip
+    stamps = {}
+
+    def clock(record: dict) -> None:
+        if record["kind"] == "train" and record["iteration"] in (warmup - 1, iterations - 1):
+            stamps[record["iteration"]] = time.perf_counter()
+
+    run = train(config, run_dir, train_data=volumes(8, tuple(settings["shape"])), callbacks=[clock])
+    if run is None:
+        return None
+    return {"s_per_it": (stamps[iterations - 1] - stamps[warmup - 1]) / settings["measure"],
+            "peak_gpu_memory_gib_rank0": torch.cuda.max_memory_allocated() / 2**30}  # fmt: skip
+
+
+def main_ddp(args) -> None:
+    """1 GPU vs N GPUs (see the module docstring)."""
+    from mckd_lab.distributed import launch
+
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if gpus < 2:
+        print(f"the DDP case needs CUDA and at least 2 GPUs ({gpus} here); nothing measured.")
+        return
+    n = args.gpus or gpus
+    settings = {k: getattr(args, k) for k in ("shape", "warmup", "measure", "meta_every", "meta_batches")}
+    rows = []
+    for nproc in (1, n):
+        with tempfile.TemporaryDirectory() as run_dir:
+            rank0 = launch(nproc, ddp_job, (settings, run_dir))[0]
+        rows.append({"gpus": nproc, "s_per_it": round(rank0["s_per_it"], 4),
+                     "samples_per_s": round(2 * nproc / rank0["s_per_it"], 2),
+                     "peak_gpu_memory_gib_rank0": round(rank0["peak_gpu_memory_gib_rank0"], 2)})  # fmt: skip
+        print(rows[-1], flush=True)
+    efficiency = round(rows[0]["s_per_it"] / rows[1]["s_per_it"], 3)
+    print(f"scaling efficiency on {n} GPUs (t_1 / t_{n}) = {efficiency}")
+    from machine import machine
+
+    result = {
+        "benchmark": "DDP: MCKD on the reference backbone, 1 GPU vs N GPUs, per-process batch 2 (weak scaling)",
+        "settings": settings | {"amp": "bf16 autocast", "backend": "nccl", "per_process_batch": 2},
+        "machine": machine() | {"gpu": torch.cuda.get_device_name(), "gpus": gpus, "cuda": torch.version.cuda},
+        "rows": rows,
+        "scaling_efficiency": efficiency,
+    }
+    out = args.out if args.out != RESULTS else DDP_RESULTS
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", type=int, nargs=3, default=[80, 160, 160])
@@ -91,12 +159,16 @@ def main() -> None:
     parser.add_argument("--meta-batches", type=int, default=4)
     parser.add_argument("--quick", action="store_true", help="smoke run: 32x64x64, 2 + 4 iterations")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--ddp", action="store_true", help="the DDP case: 1 GPU vs N GPUs (needs >= 2 GPUs)")
+    parser.add_argument("--gpus", type=int, help="N of the DDP case (default: every GPU)")
     args = parser.parse_args()
+    if args.quick:
+        args.shape, args.warmup, args.measure, args.meta_every, args.meta_batches = [32, 64, 64], 2, 4, 2, 2
+    if args.ddp:
+        return main_ddp(args)
     if not torch.cuda.is_available():
         print("bench_gpu needs CUDA (torch.cuda.is_available() is False here); nothing measured.")
         return
-    if args.quick:
-        args.shape, args.warmup, args.measure, args.meta_every, args.meta_batches = [32, 64, 64], 2, 4, 2, 2
     from machine import machine
 
     info = machine() | {"gpu": torch.cuda.get_device_name(), "cuda": torch.version.cuda}
