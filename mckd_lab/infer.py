@@ -61,7 +61,7 @@ class SubsetPredictor(nn.Module):
 
     Every modality is encoded once (``model.encode``) and the zero input once per window shape
     (``model.encode_zero``, cached); subset S takes the real encodings of its modalities and the zero response
-    elsewhere (bottleneck and skips, ``Encoded.where``), and ``model.decode`` fills and decodes it: this
+    elsewhere (bottleneck and skips, ``Encoded.subsets``), and ``model.decode`` fills and decodes it: this
     equals ``model(image * S, S)``, one forward pass per subset. Subsets are decoded together, stacked on the
     batch axis, up to ``decode_batch`` samples per decoder call. An all-False subset stands for "nothing
     present" (the Shapley baseline): every slot holds the zero response and, with nothing to fill from, is
@@ -71,8 +71,9 @@ class SubsetPredictor(nn.Module):
         model: a network following the model contract (``encode``, ``encode_zero``, ``decode``).
         subsets: S presence masks of M bools.
         probabilities: logits (N, C, ...) -> probabilities, the task's rule (default: sigmoid per region).
-        decode_batch: most samples (subsets x windows) per decoder call. Small is faster on CPU (measured:
-            4 beats 16 and 64 at 48^3 windows, memory-bound); a GPU may prefer more.
+        decode_batch: most samples (subsets x windows) per decoder call. ``predict_subsets`` gives one window
+            and 16: every subset of a window in one decoder call (on a 2-core CPU as fast as 4 windows x 1
+            subset, and 4 x 15 was 1.5x slower: memory-bound; benchmarks/README.md).
 
     Forward: image (B, M, *roi) (or a dict of tabular (B, F_m)) -> probabilities (B, S * C, *roi),
     subset-major.
@@ -108,9 +109,7 @@ class SubsetPredictor(nn.Module):
             k = rows.shape[0]
             keep = rows.repeat_interleave(batch, 0)  # (k * B, M), subset-major
             present = torch.where(keep.any(1, keepdim=True), keep, True)
-            stacked = enc if k == 1 else Encoded(enc.bottleneck.repeat(k, *[1] * (enc.bottleneck.ndim - 1)),
-                                                 [s.repeat(k, *[1] * (s.ndim - 1)) for s in enc.skips])  # fmt: skip
-            logits = self.model.decode(stacked.where(keep, zero), present).logits
+            logits = self.model.decode(enc.subsets(rows, zero), present).logits
             probs = self.probabilities(logits).view(k, batch, *logits.shape[1:]).transpose(0, 1)
             outs.append(probs.reshape(batch, -1, *logits.shape[2:]))
         return torch.cat(outs, 1)
@@ -133,8 +132,8 @@ def predict_subsets(
     subsets: Sequence[Sequence[bool]],
     roi: Sequence[int],
     overlap: float = OVERLAP,
-    sw_batch_size: int = 4,
-    decode_batch: int = 4,
+    sw_batch_size: int = 1,
+    decode_batch: int = 16,
     probabilities: Callable[[torch.Tensor], torch.Tensor] = torch.sigmoid,
 ) -> torch.Tensor:
     """Probabilities of one case for every subset, from one encode-once sliding-window pass.

@@ -57,6 +57,25 @@ class Encoded:
         )
 
 
+    def subsets(self, rows: torch.Tensor, other: Encoded) -> Encoded:
+        """k subsets of every sample at once: entries of ``self`` (batch B) where ``rows`` (k, M) is True,
+        else those of ``other`` (batch 1, e.g. the zero response); batch k * B, subset-major.
+
+        Equals ``self`` repeated k times ``.where(rows.repeat_interleave(B, 0), other)``, written in one pass
+        (no repeated copy of ``self`` first).
+        """
+        k, m = rows.shape
+
+        def pick(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+            mask = rows.bool().to(a.device).view(k, 1, m, *([1] * (a.dim() - 2)))
+            return torch.where(mask, a.unsqueeze(0), b.unsqueeze(0)).flatten(0, 1)
+
+        return Encoded(
+            pick(self.bottleneck, other.bottleneck),
+            [pick(a, b) for a, b in zip(self.skips, other.skips, strict=True)],
+        )
+
+
 @dataclass
 class ModelOutput:
     """logits (B, 3, D, H, W) or (B, K); features (B, M, C, *s) bottlenecks before filling; filled: after."""
