@@ -129,35 +129,42 @@ def fingerprint(folder: Path) -> dict:
 
 
 def kill_trials(root: Path, reference: dict, kills: int, rng: random.Random, span: float) -> dict:
-    """``span``: seconds the reference run trained after its first checkpoint (random kills fall in 90 % of it)."""
-    trials = []
+    """Kill n: a random iteration k after the first checkpoint is chosen; once its history line is written,
+    even n wait a random fraction of an iteration (``span`` / iterations after the first checkpoint) and
+    kill; odd n wait for the next checkpoint's temporary file to appear and kill then (during the write)."""
+    trials, its = [], config().optim.iterations
+    every = config().runtime.checkpoint_every
+    per_iteration = span / (its - every)
     for n in range(kills):
         folder = root / f"kill{n}"
         during_write = n % 2 == 1
+        target = rng.randrange(every, its - every)
         pid = fork_train(folder)
-        tmp = folder / f".{CHECKPOINT}.tmp"
-        while not (folder / CHECKPOINT).exists():  # after the first checkpoint, so there is one to resume
-            time.sleep(0.005)
+        tmp, history = folder / f".{CHECKPOINT}.tmp", folder / "history.jsonl"
+        while not (history.exists() and f'"iteration": {target},' in history.read_text()):
+            time.sleep(0.002)
         tic = time.perf_counter()
         if during_write:
             while not tmp.exists() and time.perf_counter() - tic < 60:
-                time.sleep(0.0005)
+                time.sleep(0.0002)
         else:
-            time.sleep(rng.uniform(0.0, 0.9 * span))
+            time.sleep(rng.uniform(0.0, per_iteration))
         in_write = tmp.exists()
         os.kill(pid, signal.SIGKILL)
         status = wait(pid)
-        killed_at = RunDir(folder).history()[-1]["iteration"] if RunDir(folder).history() else None
+        records = RunDir(folder).history()
         finished = (folder / "model.pt").exists()
         checkpoint = RunDir(folder).last_checkpoint()["iteration"]
         resumed = run(folder, resume=True) if not finished else 0
         same = resumed == 0 and fingerprint(folder) == reference
-        trials.append({"aimed": "checkpoint write" if during_write else "random time", "temporary_file_present": in_write,
-                       "killed": status == -signal.SIGKILL, "last_logged_iteration": killed_at,
+        trials.append({"aimed": "checkpoint write" if during_write else "random moment", "after_iteration": target,
+                       "temporary_file_present": in_write, "killed": status == -signal.SIGKILL,
+                       "last_logged_iteration": records[-1]["iteration"] if records else None,
                        "checkpoint_iteration": checkpoint, "finished_before_kill": finished,
                        "resume_exit": resumed, "equal_to_uninterrupted": same})  # fmt: skip
         print(f"kill {n}: {trials[-1]}", flush=True)
-    return {"trials": trials, "n": len(trials), "resumed_equal": sum(t["equal_to_uninterrupted"] for t in trials),
+    return {"trials": trials, "n": len(trials), "killed_mid_run": sum(t["killed"] and not t["finished_before_kill"] for t in trials),
+            "resumed_equal": sum(t["equal_to_uninterrupted"] for t in trials),
             "killed_during_checkpoint_write": sum(t["temporary_file_present"] for t in trials)}  # fmt: skip
 
 
@@ -293,10 +300,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kills", type=int, default=20)
     parser.add_argument("--skip", action="append", default=[], choices=["kill", "corrupt", "lock", "disk_full", "sweep"])
+    parser.add_argument("--only", action="append", default=[], help="run these trials and merge them into --out")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     result = {"machine_before": machine(), "config": config().to_dict(), "trials": {}}
+    if args.only:
+        args.skip = [t for t in ("kill", "corrupt", "lock", "disk_full", "sweep") if t not in args.only]
+        kept = json.loads(args.out.read_text()) if args.out.exists() else {}
+        result["trials"] = {k: v for k, v in kept.get("trials", {}).items() if k not in args.only}
+        result["earlier_trials_machine"] = kept.get("machine_before")
     tic = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="mckd-faults-") as tmp:
         root = Path(tmp)
