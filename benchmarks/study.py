@@ -107,7 +107,12 @@ def check_ground_truth(runs: list[dict], work: Path) -> dict:
     """The oracle weights of the spec against the testbeds' ground truth (BraTS: exact; ADNI: recomputed on a
     separate cohort, recorded). Returns {task/R: {...}} for the summary."""
     from mckd_lab.data.cohort import generate_cohort
-    from mckd_lab.study import cohort_importance, phantom_importance, phantom_visibility, source_informativeness
+    from mckd_lab.study import (
+        cohort_importance,
+        phantom_importance,
+        phantom_visibility,
+        source_informativeness,
+    )
 
     truth = {}
     for run in runs:
@@ -147,7 +152,9 @@ def run_one(run: dict, work: str, data: str) -> dict:
     params = dict(run["params"], data=data)
     config = train_config(params)
     run_dir = Path(work) / run["key"].removesuffix(".json")
-    load, resumed = os.getloadavg(), any((run_dir / f).exists() for f in ("model.pt", "checkpoint.pt"))
+    saved = run_dir / "config.json"  # the same run found there (another config is cleared and started afresh)
+    resumed = saved.exists() and json.loads(saved.read_text()).get("optim") == config.to_dict()["optim"]
+    load = os.getloadavg()
     wall, cpu = time.perf_counter(), time.process_time()
     trained = train_or_reuse(config, run_dir)
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu

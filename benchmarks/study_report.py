@@ -143,9 +143,16 @@ def brats_report(runs_all: list[dict], truth: dict) -> tuple[dict, list[str]]:
                                      for m, v in by.items()}  # fmt: skip
         # timing: mckd / none, paired by seed
         pairs = sorted(set(by.get("mckd", {})) & set(by.get("none", {})))
-        ratio = {s: {k: by["mckd"][s]["timing"][k] / by["none"][s]["timing"][k]
-                     for k in ("s_per_iteration", "cpu_s_per_iteration")} for s in pairs
-                 if not (by["mckd"][s]["timing"]["resumed"] or by["none"][s]["timing"]["resumed"])}  # fmt: skip
+        def whole(t):  # this process trained every iteration (not resumed): its CPU seconds are the run's
+            return t["train_wall_s"] >= 0.9 * t["s_per_iteration"] * t["iterations_timed"]
+
+        ratio = {}
+        for s in pairs:
+            a, b = by["mckd"][s]["timing"], by["none"][s]["timing"]
+            ratio[s] = {"s_per_iteration": a["s_per_iteration"] / b["s_per_iteration"],
+                        "cpu_s_per_iteration": a["cpu_s_per_iteration"] / b["cpu_s_per_iteration"]
+                        if whole(a) and whole(b) else None,
+                        "loadavg": [a["loadavg_start"][0], b["loadavg_start"][0]]}  # fmt: skip
         block["timing"] = {"mckd_over_none": ratio,
                            "loadavg": {m: [run["timing"]["loadavg_start"][0] for run in v.values()] for m, v in by.items()},
                            "s_per_iteration": {m: [run["timing"]["s_per_iteration"] for run in v.values()] for m, v in by.items()},
