@@ -270,6 +270,13 @@ def overlap(a: list[float], b: list[float], slack: float = 1.0) -> bool:
     return min(a[2], b[2]) - max(a[0], b[0]) > slack and min(a[3], b[3]) - max(a[1], b[1]) > slack
 
 
+def open_and_run(page, url: str, notebook: str) -> list[dict]:
+    """Open a notebook, Run All, and check its figures (``check_figures``, whose list it returns)."""
+    open_notebook(page, url, notebook)
+    run_all_cells(page, notebook)
+    return check_figures(page, notebook)
+
+
 def check_figures(page, notebook: str) -> list[dict]:
     """The notebook's figures, each checked: data, titles clear of the toolbar and of each other, full width,
     overlays with a legend. Returns them for the notebook's own checks."""
@@ -315,9 +322,7 @@ def test_notebooks_01_to_04_draw_every_figure_legibly_in_jupyterlab(tmp_path):
 
             # 01: train, then Run All again: the finished run is reused and draws the same weights
             nb01 = "01_brats_mckd.ipynb"
-            open_notebook(page, url, nb01)
-            run_all_cells(page, nb01)
-            check_figures(page, nb01)
+            open_and_run(page, url, nb01)
             first = page.evaluate(WEIGHTS, nb01)
             assert first and all(len(x) == 20 for _, x, _ in first), f"01: weights drawn: {first}"
             progress = page.locator(".widget-html-content", has_text=re.compile(r"\d+/\d+\s\[\d+:\d+<\d+:\d+"))
@@ -329,9 +334,7 @@ def test_notebooks_01_to_04_draw_every_figure_legibly_in_jupyterlab(tmp_path):
             close_notebook(page, nb01, console_errors)
 
             nb02 = "02_adni_mckd.ipynb"
-            open_notebook(page, url, nb02)
-            run_all_cells(page, nb02)
-            check_figures(page, nb02)
+            open_and_run(page, url, nb02)
             weights = page.evaluate(WEIGHTS, nb02)
             assert weights and all(len(x) == 2 for _, x, _ in weights), f"02: weights drawn: {weights}"
             assert page.locator("table").filter(has_text="bal acc").count() >= 1  # a rendered table, not text
@@ -339,9 +342,7 @@ def test_notebooks_01_to_04_draw_every_figure_legibly_in_jupyterlab(tmp_path):
             close_notebook(page, nb02, console_errors)
 
             nb03 = "03_missing_modalities.ipynb"
-            open_notebook(page, url, nb03)
-            run_all_cells(page, nb03)
-            check_figures(page, nb03)
+            open_and_run(page, url, nb03)
             explorer = page.locator(".mckd-modalitydropexplorer")
             assert explorer.count() == 1, "notebook 03 shows one modality drop explorer"
             screenshots(page, "03_missing_modalities")
@@ -371,9 +372,7 @@ def test_notebooks_01_to_04_draw_every_figure_legibly_in_jupyterlab(tmp_path):
             close_notebook(page, nb03, console_errors)
 
             nb04 = "04_attributions.ipynb"
-            open_notebook(page, url, nb04)
-            run_all_cells(page, nb04)
-            figures = check_figures(page, nb04)
+            figures = open_and_run(page, url, nb04)
             attribution = next(f for f in figures if "Shapley" in f["title"])
             assert "% of |F(x) − F(0)|" in json.dumps(page.evaluate(
                 "() => Array.from(document.querySelectorAll('.colorbar')).map(c => c.textContent)"
