@@ -301,6 +301,17 @@ def adni_report(runs_all: list[dict], truth: dict) -> tuple[dict, list[str]]:
     return out, md
 
 
+def shared_start(records: list[dict]) -> dict:
+    """Check that a seed gives every strategy the same initial weights and batches: the first task loss (same
+    weights, same first batch) and the subsets drawn at the start of both stages agree across strategies."""
+    groups = {}
+    for r in records:
+        groups.setdefault((r["task"], r["redundancy"], r["seed"]), []).append(r)
+    checked = {f"{task} R {red:g} seed {seed}": len({(x["first_task_loss"], tuple(x["first_subsets"])) for x in runs}) == 1
+               for (task, red, seed), runs in sorted(groups.items())}  # fmt: skip
+    return {"all_equal": all(checked.values()), "groups": checked, "runs": len(records)}
+
+
 def report(results: Path, runs=None) -> dict:
     results = Path(results)
     truth_file = results / "ground_truth.json"
@@ -316,6 +327,7 @@ def report(results: Path, runs=None) -> dict:
         summary["adni"], lines = adni_report(adni, truth)
         md += lines
     summary["n_runs"] = {"brats": len(brats), "adni": len(adni)}
+    summary["same_seed_same_start"] = shared_start(records)
     (results / "summary.json").write_text(json.dumps(summary, indent=1, default=float) + "\n")
     (results / "tables.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
