@@ -174,3 +174,16 @@ def test_ground_truth_ranking_per_redundancy(tmp_path):
     assert max(one.values()) - min(one.values()) < max(zero.values()) - min(zero.values()) - 0.03
     w = cohort_importance(zero)
     assert sum(w) == pytest.approx(1.0, abs=1e-3) and w[0] == max(w) and w[2] == min(w)
+
+
+def test_redundancy_from_the_config_and_the_command_line(tmp_path):
+    from mckd_lab.cli import main
+    from mckd_lab.config import DataConfig
+    from mckd_lab.tasks import make_task
+
+    path = make_task("adni").prepare_data(DataConfig(task="adni", cohort_subjects=60, cohort_redundancy=0.5), tmp_path)
+    assert "redundancy0.5" in path.name and json.loads(cohort_record(path).read_text())["redundancy"] == 0.5
+    plain = make_task("adni").prepare_data(DataConfig(task="adni", cohort_subjects=60), tmp_path)
+    assert plain.name == "ADNIMERGE_synthetic_n60_seed0.csv"  # R = 0: the file name of before
+    main(["cohort", "--out", str(tmp_path / "cli.csv"), "--subjects", "60", "--redundancy", "0.5"])
+    assert (tmp_path / "cli.csv").read_bytes() == path.read_bytes()
