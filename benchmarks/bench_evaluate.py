@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 import torch
-from machine import machine
+from machine import finish, machine
 
 from mckd_lab.data.cards import load_card
 from mckd_lab.data.missing import all_subsets
@@ -78,6 +78,7 @@ def main() -> None:
     parser.add_argument("--reference", action="store_true", help="add the reference backbone, 32x64x64")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    info = machine()
     names, rows = load_card("brats").modality_names, []
     torch.manual_seed(0)
     compact = build_segmentation_network(names).eval()
@@ -103,7 +104,7 @@ def main() -> None:
             "repeats": args.repeats,
         },  # fmt: skip
         "goal": "ratio <= 1/3",
-        "machine": machine(),
+        "machine": finish(info),
         "rows": rows,
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

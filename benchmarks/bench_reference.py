@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import statistics
 import time
 from pathlib import Path
@@ -73,7 +72,7 @@ def main() -> None:
     if args.quick:
         args.warmup, args.steps = 0, 1  # 32x64x64 is the smallest the reference takes in training
     torch.set_num_threads(args.threads)
-    from machine import machine
+    from machine import finish, machine
 
     info = machine()
     torch.manual_seed(0)
@@ -135,7 +134,7 @@ def main() -> None:
             "authors": str(args.authors) if args.authors else None,
         },  # fmt: skip
         "parameters": params | {"theirs_method_md": THEIRS_PARAMETERS},
-        "machine": info | {"torch_threads": args.threads, "load_average_after_1min": os.getloadavg()[0]},
+        "machine": finish(info),
         "rows": rows,
     }
     if len(rows) == 2:

@@ -30,7 +30,13 @@ class SlowdownMonitor:
                  threads: int | None = None):  # fmt: skip
         if factor <= 1 or reference < 1 or window < 1 or skip < 0:
             raise ValueError("factor must exceed 1; reference and window must be >= 1, skip >= 0")
-        self.factor, self.reference, self.window, self.skip, self.threads = factor, reference, window, skip, threads
+        self.factor, self.reference, self.window, self.skip, self.threads = (
+            factor,
+            reference,
+            window,
+            skip,
+            threads,
+        )
         self._seen: list[float] = []
         self._base: float | None = None
         self.message: str | None = None  # set once, when the slowdown is first seen

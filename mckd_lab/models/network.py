@@ -56,7 +56,6 @@ class Encoded:
             [pick(a, b) for a, b in zip(self.skips, other.skips, strict=True)],
         )
 
-
     def subsets(self, rows: torch.Tensor, other: Encoded) -> Encoded:
         """k subsets of every sample at once: entries of ``self`` (batch B) where ``rows`` (k, M) is True,
         else those of ``other`` (batch 1, e.g. the zero response); batch k * B, subset-major.
