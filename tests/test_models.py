@@ -119,3 +119,42 @@ def test_tabular_encoders_with_a_classification_head():
     out = net(image, present)
     assert out.logits.shape == (4, 3) and out.features.shape == (4, 2, c)
     torch.testing.assert_close(out.filled[1, 1], out.features[1, 0])
+
+
+def test_patch_upsample_without_autograd_equals_the_transposed_convolution():
+    """The decoder's upsampling takes a matrix-product path when no gradient is wanted; it computes the same
+    single dot product per output voxel, so it equals the convolution (and the gradient path is the
+    convolution itself)."""
+    from mckd_lab.models.blocks import PatchUpsample3d
+
+    torch.manual_seed(0)
+    for bias in (False, True):
+        up = PatchUpsample3d(6, 5, kernel_size=2, stride=2, bias=bias)
+        x = torch.randn(3, 6, 3, 4, 5)
+        reference = torch.nn.functional.conv_transpose3d(x, up.weight, up.bias, stride=2)
+        with torch.no_grad():
+            torch.testing.assert_close(up(x), reference, rtol=1e-6, atol=1e-6)
+        y = up(x.requires_grad_())
+        assert y.grad_fn is not None and "Convolution" in type(y.grad_fn).__name__
+        torch.testing.assert_close(y.detach(), reference.detach(), rtol=1e-6, atol=1e-6)
+    plain = torch.nn.ConvTranspose3d(6, 5, kernel_size=2, stride=2, bias=False)
+    assert set(plain.state_dict()) == set(
+        PatchUpsample3d(6, 5, kernel_size=2, stride=2, bias=False).state_dict()
+    )
+
+
+def test_encoded_subsets_equal_repeat_then_where():
+    torch.manual_seed(0)
+    net = build_segmentation_network(MODS, channels=(4, 8)).eval()
+    with torch.no_grad():
+        enc, zero = net.encode(_volumes(batch=2)), net.encode_zero(_volumes(batch=1))
+    rows = torch.tensor([[True, False, True, False], [False] * 4, [True] * 4])
+    got = enc.subsets(rows, zero)
+    k, b = rows.shape[0], 2
+    keep = rows.repeat_interleave(b, 0)
+    repeated = type(enc)(
+        enc.bottleneck.repeat(k, 1, 1, 1, 1, 1), [s.repeat(k, 1, 1, 1, 1, 1) for s in enc.skips]
+    )
+    expected = repeated.where(keep, zero)
+    assert torch.equal(got.bottleneck, expected.bottleneck)
+    assert all(torch.equal(a, e) for a, e in zip(got.skips, expected.skips, strict=True))
