@@ -47,7 +47,7 @@ from machine import machine  # noqa: E402
 from toydata import ToyBalls  # noqa: E402
 
 from mckd_lab.config import RunConfig  # noqa: E402
-from mckd_lab.rundir import CHECKPOINT, PREVIOUS, RunDir, state_digest  # noqa: E402
+from mckd_lab.rundir import CHECKPOINT, RunDir, state_digest  # noqa: E402
 from mckd_lab.train import train  # noqa: E402
 
 RESULTS = HERE / "results" / "faults.json"

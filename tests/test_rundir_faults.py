@@ -7,7 +7,13 @@ import pytest
 import torch
 
 from mckd_lab.rundir import (
-    CHECKPOINT, PREVIOUS, CheckpointCorrupt, DiskFull, RunDir, RunDirLocked, load_checkpoint,
+    CHECKPOINT,
+    PREVIOUS,
+    CheckpointCorrupt,
+    DiskFull,
+    RunDir,
+    RunDirLocked,
+    load_checkpoint,
 )  # fmt: skip
 
 
