@@ -215,7 +215,11 @@ def test_05_runs_a_sweep_and_compares_strategies(tmp_path):
         f"runs:\n  - notebook: {NOTEBOOKS / '02_adni_mckd.ipynb'}\n"
         "    parameters: {subjects: 200, epochs: 1}\n    grid: {method: [none, mckd]}\n"
     )
-    ex.run_notebook(NOTEBOOKS / "05_experiments.ipynb", tmp_path / "out", {"spec": str(spec)})
+    executed = ex.run_notebook(NOTEBOOKS / "05_experiments.ipynb", tmp_path / "out", {"spec": str(spec)})
     table = ex.load_results(tmp_path / "out" / "run")
     assert list(table["method"]) == ["none", "mckd"] and list(table["status"]) == ["done", "done"]
     assert table["metrics.mean.balanced_accuracy"].between(0, 1).all()
+    text = printed(executed)
+    assert "mckd - none" in text  # the paired table
+    recorded = (ROOT / "benchmarks" / "results" / "study" / "tables.md").read_text()
+    assert recorded.splitlines()[0] in text  # the recorded study, displayed

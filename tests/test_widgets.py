@@ -426,6 +426,14 @@ def test_dashboard_groups_runs_by_strategy():
     view.widget  # noqa: B018
     view.controls["metric"].value = "metrics.mean.dice.WT"
     np.testing.assert_allclose(view._live.data[0].y, [0.8, 0.7, 0.6])
+    # paired by seed against none: ET is 0.5 + 0.1 k + 0.02 s, so every seed differs by -0.1 (mckd) and +0.1
+    paired = view.paired(metric="metrics.mean.dice.ET")
+    assert list(paired.index) == ["mckd - none", "uniform - none"] and list(paired["seeds"]) == [3, 3]
+    np.testing.assert_allclose(paired[["mean", "min", "max"]].to_numpy(), [[-0.1] * 3, [0.1] * 3], atol=1e-12)
+    wt = view.paired(baseline="mckd")  # the metric picked in the view: WT is 0.8 - 0.1 k
+    np.testing.assert_allclose(wt["mean"], [-0.1, -0.2])  # none - mckd, uniform - mckd
+    with pytest.raises(KeyError, match="lckd"):
+        view.paired(baseline="lckd")  # its only run failed
 
 
 # --- distilled features -------------------------------------------------------------------------------------

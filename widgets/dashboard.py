@@ -57,6 +57,27 @@ class ExperimentsDashboard(View):
         stats = self.table.groupby(self.by)[metrics or self.metrics].agg(["mean", "std", "count"])
         return stats.sort_index()
 
+    def paired(self, baseline: str | None = None, metric: str | None = None) -> pd.DataFrame:
+        """Each group minus ``baseline`` (default ``none`` when present, else the first group) on the same
+        seed: rows are groups, columns the mean, smallest and largest paired difference and the number of
+        seeds both have. Pairing by seed removes what the seed alone decides (the initial weights and the
+        batches are shared across strategies); a handful of seeds gives no interval worth the name, so the
+        spread is shown as the range."""
+        metric = metric or self.metric
+        seed = self.table["seed"].fillna(-1) if "seed" in self.table else 0  # a spec without seeds: one run each
+        wide = self.table.assign(seed=seed).pivot_table(index="seed", columns=self.by, values=metric, aggfunc="mean")
+        groups = list(wide.columns)
+        baseline = baseline if baseline is not None else ("none" if "none" in groups else groups[0])
+        if baseline not in groups:
+            raise KeyError(f"no {self.by} {baseline!r} among the finished runs ({', '.join(map(str, groups))})")
+        rows = {}
+        for group in groups:
+            if group != baseline:
+                diff = (wide[group] - wide[baseline]).dropna()
+                rows[f"{group} - {baseline}"] = {"mean": diff.mean(), "min": diff.min(), "max": diff.max(),
+                                                 "seeds": len(diff)}  # fmt: skip
+        return pd.DataFrame.from_dict(rows, orient="index")
+
     def figure(self) -> go.Figure:
         stats = self.summary([self.metric])[self.metric]
         groups = list(stats.index)
