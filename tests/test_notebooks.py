@@ -151,6 +151,17 @@ def test_03_defaults_on_notebook_01s_run(default_01, tmp_path):
     )
     assert len(figures(executed)) == 3  # the table, the explorer, the features
     assert "1000 iterations" in printed(executed)  # it opened notebook 01's default run, trained nothing
+    assert "(this run)" in printed(executed) and "none (recorded study)" in printed(executed)
+
+
+def test_03s_statement_on_the_recorded_feature_distances():
+    """Notebook 03: "without distillation the filled features are about three times as far from the real ones as
+    with any distilling strategy, and the distilling strategies are close to one another" (recorded study)."""
+    summary = json.loads((ROOT / "benchmarks" / "results" / "study" / "summary.json").read_text())
+    mean = {k: v["mean"] for k, v in summary["brats"]["R0"]["feature_distance"].items()}
+    distilling = [mean[k] for k in ("uniform", "mckd", "oracle")]
+    assert all(2 < mean["none"] / d < 4.5 for d in distilling), mean
+    assert max(distilling) / min(distilling) < 1.25, mean
     # its statements on the table are those of notebook 01, checked on the same run above
 
 
