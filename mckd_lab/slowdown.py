@@ -24,10 +24,12 @@ class SlowdownMonitor:
         factor: how many times slower the recent median must be than the reference.
         reference, window, skip: iteration counts (see above).
         threads: the torch threads of the run, named in the message (``torch.get_num_threads()``).
+        min_seconds: iterations faster than this are never reported (a run of milliseconds per iteration,
+            a test, does not crawl; and its timings jitter several-fold).
     """
 
     def __init__(self, factor: float = 3.0, reference: int = 5, window: int = 5, skip: int = 1,
-                 threads: int | None = None):  # fmt: skip
+                 threads: int | None = None, min_seconds: float = 0.25):  # fmt: skip
         if factor <= 1 or reference < 1 or window < 1 or skip < 0:
             raise ValueError("factor must exceed 1; reference and window must be >= 1, skip >= 0")
         self.factor, self.reference, self.window, self.skip, self.threads = (
@@ -37,6 +39,7 @@ class SlowdownMonitor:
             skip,
             threads,
         )
+        self.min_seconds = min_seconds
         self._seen: list[float] = []
         self._base: float | None = None
         self.message: str | None = None  # set once, when the slowdown is first seen
@@ -53,7 +56,7 @@ class SlowdownMonitor:
         if self.message is not None or n < self.skip + self.reference + self.window:
             return None
         recent = statistics.median(self._seen[-self.window :])
-        if self._base > 0 and recent >= self.factor * self._base:
+        if self._base > 0 and recent >= max(self.factor * self._base, self.min_seconds):
             self.message = self._explain(recent)
             return self.message
         return None

@@ -36,6 +36,11 @@ def test_a_run_with_one_thread_is_told_the_cpu_is_busy_not_to_lower_threads():
     assert monitor.hint == "slow: CPU busy"
 
 
+def test_fast_iterations_are_never_reported():
+    """A run of milliseconds per iteration (a test, a tiny model) jitters several-fold and does not crawl."""
+    assert not any(feed(SlowdownMonitor(threads=2), [0.01] * 6 + [0.1] * 20))
+
+
 def test_too_few_iterations_say_nothing_and_bad_settings_are_refused():
     assert not any(feed(SlowdownMonitor(), [0.1] * 6 + [9.0] * 4))  # the window of 5 is not full yet
     with pytest.raises(ValueError):
