@@ -157,6 +157,16 @@ def brats_report(runs_all: list[dict], truth: dict) -> tuple[dict, list[str]]:
                            "loadavg": {m: [run["timing"]["loadavg_start"][0] for run in v.values()] for m, v in by.items()},
                            "s_per_iteration": {m: [run["timing"]["s_per_iteration"] for run in v.values()] for m, v in by.items()},
                            "meta_schedule": next(iter(mckd.values()))["meta_schedule"] if mckd else None}  # fmt: skip
+        md += h2_lines(h2, mods, "drop-one task loss on the 60 test volumes")
+        md += fd_lines(block["feature_distance"], mods)
+        if ratio:
+            md += ["", "Cost of the meta schedule, mckd / none per seed (the two trained side by side, 1 thread each; "
+                   "s/iteration from the history, meta rounds included; CPU s/iteration of the training process; "
+                   "load average at the start):", "", "| seed | s/iteration | CPU s/iteration | load |",
+                   "|---|---:|---:|---:|"]  # fmt: skip
+            for seed, v in ratio.items():
+                cpu = f"{v['cpu_s_per_iteration']:.3f}" if v["cpu_s_per_iteration"] else "(resumed)"
+                md.append(f"| {seed} | {v['s_per_iteration']:.3f} | {cpu} | {v['loadavg'][0]:.1f} |")
         out[f"R{r:g}"] = block
     # dose response: kd 0 (= none), 0.1, 0.5, 1 at R = 0, seeds of the dose grid
     dose_runs = [x for x in runs_all if x["redundancy"] == 0]
@@ -284,6 +294,8 @@ def adni_report(runs_all: list[dict], truth: dict) -> tuple[dict, list[str]]:
                                          "mean": round(float(np.mean([run["feature_distance"] for run in v.values()])), 4)}
                                      for m, v in by.items()}  # fmt: skip
         out[f"R{r:g}"] = block
+        adni_md_tail = h2_lines(block["H2"], mods, "drop-one cross-entropy on the test subjects") + fd_lines(
+            block["feature_distance"], mods)
         md += [f"### ADNI cohort, redundancy R = {r:g} (seeds per strategy: "
                + ", ".join(f"{m} {len(v)}" for m, v in by.items()) + ")", "",
                "Mean over the 15 subsets (%, mean ± sd over seeds):", "",
@@ -298,6 +310,7 @@ def adni_report(runs_all: list[dict], truth: dict) -> tuple[dict, list[str]]:
         for name, rows in diffs.items():
             for row in ["mean15", *[s for s in subsets if "+" not in s]]:
                 md.append(f"| {name} | {row} | {ci(rows[row]['balanced_accuracy'])} | {ci(rows[row]['macro_f1'])} |")
+        md += adni_md_tail + [""]
     return out, md
 
 
@@ -310,6 +323,32 @@ def shared_start(records: list[dict]) -> dict:
     checked = {f"{task} R {red:g} seed {seed}": len({(x["first_task_loss"], tuple(x["first_subsets"])) for x in runs}) == 1
                for (task, red, seed), runs in sorted(groups.items())}  # fmt: skip
     return {"all_equal": all(checked.values()), "groups": checked, "runs": len(records)}
+
+
+def h2_lines(h2: dict, mods: list[str], ablation: str) -> list[str]:
+    """H2 per seed: the final importance w, its top, the drop-one ablation's top, Kendall tau(w, ablation)."""
+    lines = ["", f"H2: learned importance w = softmax(omega) of mckd vs the meta objective's own ranking ({ablation}; "
+             f"order {', '.join(mods)}); ground-truth importance {h2['ground_truth_importance']}", "",
+             "| seed | w | top w | drop-one Δloss | top drop-one | tau(w, drop-one) |", "|---|---|---|---|---|---:|"]  # fmt: skip
+    for seed in h2["importance"]:
+        w = " ".join(f"{v:.3f}" for v in h2["importance"][seed])
+        d = " ".join(f"{v:+.4f}" for v in h2["drop_one_loss"][seed])
+        lines.append(f"| {seed} | {w} | {h2['top_w'][seed]} | {d} | {h2['top_drop'][seed]} | "
+                     f"{h2['tau_w_drop'][seed]:+.2f} |")  # fmt: skip
+    tau = h2["tau_w_between_seeds"]
+    lines += ["", f"Top modality of w = top of the ablation in {h2['top_agree']} of {len(h2['importance'])} seeds; "
+              f"mean Kendall tau of w between seeds {'n/a' if tau is None else f'{tau:+.2f}'}."]  # fmt: skip
+    return lines
+
+
+def fd_lines(fd: dict, mods: list[str]) -> list[str]:
+    lines = ["", "Feature distance (the authors' measure: mean L1 between the mean-filled and the real bottleneck of a "
+             "dropped modality, over the subsets that drop it; test cases, mean over seeds):", "",
+             "| strategy | mean | " + " | ".join(mods) + " |", "|---|---:|" + "---:|" * len(mods)]  # fmt: skip
+    for m in ("none", "uniform", "mckd", "oracle"):
+        if m in fd:
+            lines.append(f"| {m} | {fd[m]['mean']:.3f} | " + " | ".join(f"{v:.3f}" for v in fd[m]["per_modality"]) + " |")
+    return lines
 
 
 def report(results: Path, runs=None) -> dict:
