@@ -315,6 +315,8 @@ def adni_report(runs_all: list[dict], truth: dict) -> tuple[dict, list[str]]:
         md += ["", "Paired differences (points, 95 % bootstrap interval over subjects x seeds): mean over 15, and the "
                "single-source rows", "", "| difference | row | balanced accuracy | macro-F1 |", "|---|---|---:|---:|"]  # fmt: skip
         for name, rows in diffs.items():
+            if name not in ("uniform-none", "mckd-uniform", "oracle-mckd"):
+                continue  # the others are in summary.json
             for row in ["mean15", *[s for s in subsets if "+" not in s]]:
                 md.append(f"| {name} | {row} | {ci(rows[row]['balanced_accuracy'])} | {ci(rows[row]['macro_f1'])} |")
         md += adni_md_tail + [""]
