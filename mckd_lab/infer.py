@@ -71,9 +71,10 @@ class SubsetPredictor(nn.Module):
         model: a network following the model contract (``encode``, ``encode_zero``, ``decode``).
         subsets: S presence masks of M bools.
         probabilities: logits (N, C, ...) -> probabilities, the task's rule (default: sigmoid per region).
-        decode_batch: most samples (subsets x windows) per decoder call. ``predict_subsets`` gives one window
-            and 16: every subset of a window in one decoder call (on a 2-core CPU as fast as 4 windows x 1
-            subset, and 4 x 15 was 1.5x slower: memory-bound; benchmarks/README.md).
+        decode_batch: most samples (subsets x windows) per decoder call. Small is faster on CPU, where
+            decoding is memory-bound: on a 2-core AVX2 EPYC, 4 windows x 1 subset per call beat one window's
+            15 subsets in one call by 1.1x (paired) and 4 x 15 by 1.5x (benchmarks/README.md, issue 14); a
+            GPU may prefer more.
 
     Forward: image (B, M, *roi) (or a dict of tabular (B, F_m)) -> probabilities (B, S * C, *roi),
     subset-major.
@@ -132,8 +133,8 @@ def predict_subsets(
     subsets: Sequence[Sequence[bool]],
     roi: Sequence[int],
     overlap: float = OVERLAP,
-    sw_batch_size: int = 1,
-    decode_batch: int = 16,
+    sw_batch_size: int = 4,
+    decode_batch: int = 4,
     probabilities: Callable[[torch.Tensor], torch.Tensor] = torch.sigmoid,
 ) -> torch.Tensor:
     """Probabilities of one case for every subset, from one encode-once sliding-window pass.
