@@ -31,6 +31,19 @@ Outputs go to the sweep's ``out`` folder, which every worker must see at the sam
 system on a batch system or in the pods). A worker that dies mid-run has its run started again on another
 worker; the scheduler gives a run up after ``allowed-failures`` worker deaths (a bound the sweep sets above
 its own count of a run's attempts, ``mckd_lab.experiments``).
+
+Workers that die are replaced by Dask itself: a local worker's nanny restarts its process, and the sweep calls
+`Workers.revive` (the cluster's own ``scale``, which starts the workers its spec names that are gone) while
+fewer workers than it asked for are connected, e.g. a batch job pre-empted. Dask's SpecCluster closes a worker
+that has not come back within ``distributed.deploy.lost-worker-timeout`` (15 s by default, meant for lost
+batch jobs): on a busy machine a nanny's restart takes longer than that, and closing the nanny then killed the
+restarted worker and left the LocalCluster with fewer workers, down to none, and a sweep waiting forever
+(any finite timeout races: a timer left by an earlier death fires while a later restart is under way, and
+closes a worker that had come back). A local cluster therefore never closes its nannies
+(`LOCAL_LOST_WORKER_TIMEOUT`); one that gave up restarting its worker is replaced by `Workers.revive`; and
+its scheduler has ``distributed.scheduler.no-workers-timeout`` (`LOCAL_NO_WORKERS_TIMEOUT`, unless set in the
+Dask config): a run that waits that long with no worker alive fails with Dask's ``NoWorkerError``, which the
+sweep reports, with the runs not started yet.
 """
 
 from __future__ import annotations
@@ -38,7 +51,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +63,8 @@ RUN = {"run": 1}  # the Dask resource each run takes: one run at a time on a wor
 # the usual GPU request of each batch system; a site that spells it otherwise gives ``job_extra`` instead
 GPU_DIRECTIVE = {"slurm": "--gres=gpu:{}", "pbs": "-l ngpus={}", "sge": "-l gpu={}", "lsf": '-gpu "num={}"'}
 JOBQUEUE = {"slurm": "SLURMCluster", "pbs": "PBSCluster", "sge": "SGECluster", "lsf": "LSFCluster"}
+LOCAL_LOST_WORKER_TIMEOUT = "86400s"  # SpecCluster never closes a local nanny: it restarts its worker (Dask: 15 s)
+LOCAL_NO_WORKERS_TIMEOUT = "180s"  # no local worker alive for this long: the waiting runs fail (Dask: never)
 
 
 @dataclass(frozen=True)
@@ -117,12 +132,35 @@ class Workers:
     resources: dict[str, int] | None
     threads: int | None
     description: str
+    cluster: Any = None  # a Dask SpecCluster started here (LocalCluster, dask-jobqueue), scaled by revive
+    size: int = 0  # the workers asked of it
+    starting: set = field(default_factory=set)  # the names of the workers revive started, until they are up
 
     def slots(self) -> int:
         """How many runs the connected workers hold at once now: one per worker started here, one per
         thread on a cluster joined by address."""
         nthreads = self.client.nthreads()
         return len(nthreads) if self.resources else sum(nthreads.values())
+
+    def revive(self) -> None:
+        """Replace, through the cluster's own ``scale``, the workers that Dask closed after they died (a
+        nanny whose restart outlasted ``lost-worker-timeout``, a batch job that ended): SpecCluster drops
+        such a worker from ``cluster.workers`` but keeps its entry in ``cluster.worker_spec``, and starts
+        nothing in its place. The entry is replaced by a ``new_worker_spec()`` under a new name (the closed
+        one may still be shutting down, holding its name at the scheduler) and ``scale`` starts it; so is a
+        worker object that closed itself (``scale`` closes it again, harmlessly). A no-op while none is."""
+        if self.cluster is None:
+            return
+        self.starting &= set(self.cluster.worker_spec) - set(self.cluster.workers)  # not up yet
+        closed = set(self.cluster.worker_spec) - set(self.cluster.workers) - self.starting
+        closed |= {name for name, worker in self.cluster.workers.items()  # e.g. a nanny whose restart failed
+                   if str(getattr(worker, "status", "")) in ("Status.closed", "Status.failed")}  # fmt: skip
+        if closed and len(self.client.nthreads()) < self.size:
+            for name in closed:  # the new name first: new_worker_spec takes the first name not in the spec
+                self.cluster.worker_spec.update(self.cluster.new_worker_spec())
+                del self.cluster.worker_spec[name]
+            self.cluster.scale(self.size)
+            self.starting |= set(self.cluster.worker_spec) - set(self.cluster.workers)
 
 
 @contextmanager
@@ -139,13 +177,24 @@ def connect(spec: ClusterSpec, runs: int, allowed_failures: int, logs: Path) -> 
             yield Workers(client, None, None, f"the cluster at {spec.scheduler}")
         return
     if spec.kind == "local":
-        cluster, threads, what = _local(spec, runs, allowed_failures)
-    elif spec.kind in BATCH:
+        import dask
+
+        # set for the whole sweep: SpecCluster reads lost-worker-timeout each time a worker leaves
+        no_workers = dask.config.get("distributed.scheduler.no-workers-timeout", None) or LOCAL_NO_WORKERS_TIMEOUT
+        with dask.config.set({"distributed.deploy.lost-worker-timeout": LOCAL_LOST_WORKER_TIMEOUT,
+                              "distributed.scheduler.no-workers-timeout": no_workers}):  # fmt: skip
+            cluster, threads, what = _local(spec, runs, allowed_failures)
+            with cluster, Client(cluster) as client:
+                yield Workers(client, RUN, threads, what, cluster, len(cluster.worker_spec))
+        return
+    if spec.kind in BATCH:
         cluster, threads, what = _jobqueue(spec, runs, allowed_failures, logs)
-    else:
+        size = len(cluster.worker_spec)
+    else:  # the Dask operator keeps the pods of its worker group itself
         cluster, threads, what = _kubernetes(spec, runs, allowed_failures)
+        size = 0
     with cluster, Client(cluster) as client:
-        yield Workers(client, RUN, threads, what)
+        yield Workers(client, RUN, threads, what, cluster if size else None, size)
 
 
 def _local(spec: ClusterSpec, runs: int, allowed_failures: int):

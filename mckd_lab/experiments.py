@@ -640,7 +640,13 @@ def sweep(
                         key=f"{run.name}-{uuid.uuid4().hex}", resources=pool.resources, pure=False,
                     )  # fmt: skip
 
-                _dispatch(pool, pending, start, finished)
+                def unstarted(run, error):
+                    _write_failure(run, folders[run.name], error)
+                    failures.append({"run": run.name, "status": "failed", "error": error})
+                    bar.update(1)
+                    bar.write(f"FAILED {run.name}: {error.splitlines()[0]}", file=sys.stderr)
+
+                _dispatch(pool, pending, start, finished, unstarted)
     rows = [_row(run, folders[run.name], run.name in cached) for run in plan.runs]
     table = pd.DataFrame(rows)
     table.to_csv(plan.out / "results.csv", index=False)
@@ -655,45 +661,73 @@ def sweep(
     return table
 
 
-def _dispatch(pool, runs: list[SweepRun], start, finished) -> None:
+def _dispatch(pool, runs: list[SweepRun], start, finished, unstarted) -> None:
     """Start ``runs`` (``start(run)`` submits one) as workers free up, and hand each finished future to
     ``finished(future, run)``: never more runs in flight than the workers have room for (``pool.slots()``,
     polled each second as batch jobs come and go). A run waiting on a busy worker would share its fate (Dask
     counts a worker's death against every run it holds), and a batch job that starts first would take
-    every run; Dask places each run submitted this way on a free worker."""
+    every run; Dask places each run submitted this way on a free worker.
+
+    Each poll asks the cluster to replace the workers it lost (``pool.revive()``). With no worker at all, one
+    run is submitted anyway, so that the scheduler's ``no-workers-timeout`` (set on a local cluster) bounds
+    the wait: a run that Dask fails because no worker came back (``NoWorkerError``) ends the sweep's wait,
+    and every run not started yet is handed to ``unstarted(run, error)`` instead of being started."""
     from distributed import TimeoutError, wait
 
     waiting, running = list(reversed(runs)), {}
     while waiting or running:
-        for _ in range(min(len(waiting), pool.slots() - len(running))):
+        pool.revive()
+        room = pool.slots() - len(running)
+        if waiting and not running and room <= 0:
+            room = 1  # no worker yet or none left: held by the scheduler until one comes (or its timeout)
+        for _ in range(min(len(waiting), room)):
             run = waiting.pop()
             running[start(run)] = run
-        if not running:  # no worker yet (batch jobs still queued)
-            time.sleep(1)
-            continue
         try:
             done = wait(list(running), timeout=1, return_when="FIRST_COMPLETED").done
         except TimeoutError:
             continue
         for future in done:
+            no_workers = _no_workers(future)
             finished(future, running.pop(future))
             future.release()  # else a worker that dies later takes the result along: Dask would redo the run
+            if no_workers:
+                while waiting:
+                    unstarted(waiting.pop(), f"not started: {no_workers}")
+
+
+def _no_workers(future) -> str:
+    """Why Dask failed ``future`` for want of any worker (its ``no-workers-timeout``); "" otherwise."""
+    from distributed.scheduler import NoValidWorkerError, NoWorkerError
+
+    if future.status != "error":
+        return ""
+    err = future.exception()
+    return f"{type(err).__name__}: {err}" if isinstance(err, (NoWorkerError, NoValidWorkerError)) else ""
 
 
 def _outcome(future, run: SweepRun, folder: Path) -> dict:
     """A finished future as ``{"run", "status", "error"}``. A run that Dask gave up on after its retries
-    (``RunFailed``: its ``error.json`` is written) or after its workers died too often (``KilledWorker``:
-    written here, since no worker lived to) is a failed run."""
+    (``RunFailed``: its ``error.json`` is written), after its workers died too often (``KilledWorker``) or
+    because no worker was left to run it (``NoWorkerError``; these two written here, since no worker lived
+    to) is a failed run."""
     if future.status != "error":
         return future.result()
     err = future.exception()
     error = str(err) if isinstance(err, RunFailed) else f"{type(err).__name__}: {err}"
     if not isinstance(err, RunFailed):
-        record = {"run": run.name, "notebook": run.notebook and str(run.notebook), "parameters": run.parameters,
-                  "seed": run.seed, "error": error, "own_code": False}  # fmt: skip
-        folder.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(record, folder / "error.json")
+        if _is_done(run, folder):  # finished by a worker that died before it could report
+            return {"run": run.name, "status": "done", "error": ""}
+        _write_failure(run, folder, error)
     return {"run": run.name, "status": "failed", "error": error}
+
+
+def _write_failure(run: SweepRun, folder: Path, error: str) -> None:
+    """``error.json`` of a run that failed outside any worker; a finished run's ``done.json`` is kept."""
+    record = {"run": run.name, "notebook": run.notebook and str(run.notebook), "parameters": run.parameters,
+              "seed": run.seed, "error": error, "own_code": False}  # fmt: skip
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(record, folder / "error.json")
 
 
 # ---------------------------------------------------------------------------------------------- outputs
