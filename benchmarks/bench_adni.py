@@ -38,7 +38,7 @@ from machine import machine, peak_rss_mib
 
 from mckd_lab.data.adni import AdniDataset
 from mckd_lab.data.cohort import generate_cohort
-from mckd_lab.method.strategies import STRATEGIES
+from mckd_lab.method.strategies import STRATEGIES as ALL_STRATEGIES
 from mckd_lab.metrics import balanced_accuracy
 from mckd_lab.recipes import adni_config
 from mckd_lab.runs import evaluate_run
@@ -46,6 +46,7 @@ from mckd_lab.tasks import make_task
 from mckd_lab.tasks.classification import load_scaler, predict_probabilities
 from mckd_lab.train import train
 
+STRATEGIES = [m for m in ALL_STRATEGIES if m != "oracle"]  # oracle needs the testbed's weights (study.py)
 RESULTS = Path(__file__).parent / "results"
 
 

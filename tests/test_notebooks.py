@@ -150,7 +150,7 @@ def test_03_defaults_on_notebook_01s_run(default_01, tmp_path):
         NOTEBOOKS / "03_missing_modalities.ipynb", tmp_path, {"source_run": str(default_01[1])}
     )
     assert len(figures(executed)) == 3  # the table, the explorer, the features
-    assert "1000 iterations" in printed(executed)  # it opened notebook 01's default run, trained nothing
+    assert "300 iterations" in printed(executed)  # it opened notebook 01's default run, trained nothing
     assert "(this run)" in printed(executed) and "none (recorded study)" in printed(executed)
 
 
