@@ -2,11 +2,13 @@
 
 The library in layers; a module imports only from layers below its own (``tests/test_architecture.py``):
 
-- L0  ``config`` (RunConfig), ``rundir`` (run-directory layout, atomic writes, checkpoints, history),
+- L0  ``config`` (RunConfig), ``rundir`` (run-directory layout, atomic writes, checkpoints, history, the lock),
+      ``distributed`` (the process group torchrun starts, DDP), ``slowdown`` (a run that crawls says so),
       ``data.cards`` (the data cards), ``data.missing`` (subsets, samplers, the one ``restrict_present`` rule)
 - L1  ``data`` (BraTS and ADNI loaders, phantoms, cohort, anatomy), ``method`` (importance weights, KD, meta
       step, strategies), ``models`` (networks: encode, fill, decode), ``losses``
-- L2  ``metrics``, ``infer`` (encode-once subset prediction, sliding windows), ``explain`` (attributions)
+- L2  ``metrics``, ``infer`` (encode-once subset prediction, sliding windows), ``explain`` (attributions),
+      ``study`` (the testbeds' ground truth, feature distance, paired statistics)
 - L3  ``tasks`` (the Task protocol; ``segmentation``, ``classification``; the registry): all that differs
       between problems
 - L4  ``runs`` (a run read back; evaluate, predict, explain it through its task), ``train`` (the one
