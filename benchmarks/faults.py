@@ -35,7 +35,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import warnings
 from pathlib import Path
@@ -253,8 +252,6 @@ def sweep_trial(root: Path) -> dict:
     import nbformat
     import test_sweeps as ts
 
-    from mckd_lab import experiments as ex
-
     nb = nbformat.v4.new_notebook()
     nb.cells = [nbformat.v4.new_code_cell(ts.PARAMETERS), nbformat.v4.new_code_cell(ts.BODY)]
     nb.cells[0].metadata["tags"] = ["parameters"]
@@ -265,25 +262,8 @@ def sweep_trial(root: Path) -> dict:
     targets = {"2-0", "3-0", "3-1", "4-0", "5-0", "5-1", "5-2", "6-0"}  # run 5 loses every worker it gets
     spec = {"retries": 2, "runs": [{"notebook": str(toy), "parameters": {"nap": 4.0, "marks": str(marks)},
                                     "grid": {"x": [1, 2, 3, 4, 5, 6]}}]}  # fmt: skip
-    seen, killed, errors, stop = {}, [], [], threading.Event()
-
-    def watch_done():
-        while not stop.is_set():
-            for done in out.glob("*/done.json"):
-                seen.setdefault(done, done.read_text())
-            time.sleep(0.1)
-
-    threads = [threading.Thread(target=ts.kill_when_marked, args=(marks, targets, stop, killed, errors)),
-               threading.Thread(target=watch_done)]  # fmt: skip
-    for thread in threads:
-        thread.start()
     tic = time.perf_counter()
-    try:
-        table = ex.sweep(spec, workers=2, out_dir=out, progress=False)
-    finally:
-        stop.set()
-        for thread in threads:
-            thread.join()
+    table, killed, errors, seen = ts.sweep_while_killing(spec, out, marks, targets)
     rows = table.to_dict("records")
     result = {"runs": len(rows), "workers_killed": len(killed), "killer_errors": [str(e) for e in errors],
               "status": {str(r["run"] if "run" in r else i): r["status"] for i, r in enumerate(rows)},

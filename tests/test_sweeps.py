@@ -71,6 +71,32 @@ def attempts(marks: Path, x: int) -> list[int]:
     return [int(p.read_text()) for p in found]
 
 
+def sweep_while_killing(spec: dict, out: Path, marks: Path, targets: set[str], workers: int = 2):
+    """``ex.sweep(spec)`` on ``workers`` while ``kill_when_marked`` kills the attempts in ``targets``; returns
+    the table, the kills, the killer's errors and every ``done.json`` as first seen during the sweep (its
+    text), to check afterwards that no finished result was lost or rewritten."""
+    seen: dict[Path, str] = {}
+    killed, errors, stop = [], [], threading.Event()
+
+    def watch_done():
+        while not stop.is_set():
+            for done in out.glob("*/done.json"):
+                seen.setdefault(done, done.read_text())
+            time.sleep(0.1)
+
+    threads = [threading.Thread(target=kill_when_marked, args=(marks, targets, stop, killed, errors)),
+               threading.Thread(target=watch_done)]  # fmt: skip
+    for thread in threads:
+        thread.start()
+    try:
+        table = ex.sweep(spec, workers=workers, out_dir=out, progress=False)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    return table, killed, errors, seen
+
+
 def kill_when_marked(
     marks: Path, targets: set[str], stop: threading.Event, killed: list, errors: list, check=None
 ):
@@ -142,25 +168,7 @@ def test_workers_killed_repeatedly_the_sweep_completes_or_reports_and_keeps_fini
         {"notebook": str(toy), "parameters": {"marks": str(marks)}, "grid": {"x": [1]}},
         {"notebook": str(toy), "parameters": {"nap": 5.0, "marks": str(marks)}, "grid": {"x": [2, 3, 4]}}]}  # fmt: skip
     out = tmp_path / "out"
-    seen: dict[Path, str] = {}  # every done.json as first seen while workers were being killed
-
-    def watch_done():
-        while not stop.is_set():
-            for done in out.glob("*/done.json"):
-                seen.setdefault(done, done.read_text())
-            time.sleep(0.1)
-
-    killed, errors, stop = [], [], threading.Event()
-    threads = [threading.Thread(target=kill_when_marked, args=(marks, {"2-0", "3-0", "4-0", "4-1"}, stop, killed,
-                                                               errors)), threading.Thread(target=watch_done)]  # fmt: skip
-    for thread in threads:
-        thread.start()
-    try:
-        table = ex.sweep(spec, workers=2, out_dir=out, progress=False)
-    finally:
-        stop.set()
-        for thread in threads:
-            thread.join()
+    table, killed, errors, seen = sweep_while_killing(spec, out, marks, {"2-0", "3-0", "4-0", "4-1"})
     assert not errors and sorted(k for k, _ in killed) == ["2-0", "3-0", "4-0", "4-1"]
     assert list(table["status"]) == ["done", "done", "done", "failed"]
     assert list(table["metrics.value"][:3]) == [10, 20, 30]
