@@ -20,7 +20,8 @@ from mckd_lab.tasks import validate_config
 # Fewer, better iterations (issue 14): 600 instead of 1,500 under the two-stage schedule, crops centred on
 # the tumour 3 times in 4 (0.5 before), a meta round every 25 iterations (24 rounds; 30 before). Measured on
 # the demo's test phantoms, all four sequences, seed 999: Dice ET 54.1 / TC 85.7 / WT 89.6 against 54.3 / 87.6 /
-# 90.1 for the 1,500-iteration recipe, in 0.4-0.5 of its time (benchmarks/README.md, "Demo").
+# 90.1 for the 1,500-iteration recipe, in an estimated 0.47 of its time (per-iteration costs measured, the
+# whole demo not timed side by side: benchmarks/README.md, "Demo").
 DEMO = {
     "data.phantom_cases": 32,
     "data.phantom_size": 48,
