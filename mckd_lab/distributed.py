@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import re
 import sys
 import uuid
 from collections.abc import Callable, Sequence
@@ -187,16 +188,29 @@ def launch(nproc: int, entrypoint: Callable | str, args: Sequence[Any] = (), *, 
         raise DistributedRunFailed(describe_failure(err)) from None
 
 
+# What a rank's collective raises when a peer died: an echo of another rank's failure, not a cause
+PEER_LOST = re.compile(r"Connection (reset|closed) by peer|Broken pipe|NCCL communicator was aborted|"
+                       r"remote process exited or there was a network error", re.I)  # fmt: skip
+
+
 def describe_failure(err) -> str:
-    """One paragraph for a ``ChildFailedError``: the first failed rank, its exit code and error."""
-    rank, failure = err.get_first_failure()
-    message = failure.message
-    while isinstance(message, dict):  # the error file's contents: {"message": "Error: text", "extraInfo": ...}
-        message = message.get("message", "")
-    lines = [ln for ln in str(message).strip().splitlines() if "To enable traceback" not in ln]
-    error = lines[-1] if lines else "printed in that rank's output above"
+    """One paragraph for a ``ChildFailedError``: the rank whose failure caused the others, its exit code and
+    error. When a rank dies, the others fail in their next collective within the same second (the error files'
+    timestamps are whole seconds), so the cause is the earliest failure that is not a lost peer."""
+    rank, failure = min(err.failures.items(),
+                        key=lambda kv: (bool(PEER_LOST.search(_error_text(kv[1]))), kv[1].timestamp, kv[0]))  # fmt: skip
+    error = _error_text(failure) or "printed in that rank's output above"
     return (f"rank {rank} (pid {failure.pid}) failed with exit code {failure.exitcode}; the launcher stopped "
             f"the other ranks. Its error: {error}")  # fmt: skip
+
+
+def _error_text(failure) -> str:
+    """The last line of a ``ProcessFailure``'s error (its error file: {"message": "Error: text", ...})."""
+    message = failure.message
+    while isinstance(message, dict):
+        message = message.get("message", "")
+    lines = [ln for ln in str(message).strip().splitlines() if "To enable traceback" not in ln]
+    return lines[-1] if lines else ""
 
 
 def _recorded(fn: Callable, *args) -> Any:

@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -18,7 +19,7 @@ import torch.distributed as dist
 from toydata import ToyBalls
 
 from mckd_lab.config import RunConfig
-from mckd_lab.distributed import DistributedRunFailed, launch
+from mckd_lab.distributed import DistributedRunFailed, describe_failure, launch
 from mckd_lab.rundir import RunDir, RunDirLocked, load_checkpoint
 from mckd_lab.tasks import make_task
 from mckd_lab.train import train
@@ -160,6 +161,25 @@ def test_a_failing_rank_stops_the_run_with_its_error_and_the_last_good_checkpoin
     assert state["iteration"] == 3 and state["world_size"] == 2
     assert not (tmp_path / "run" / "model.pt").exists()
     assert max(r["iteration"] for r in RunDir(tmp_path / "run").history()) == 3  # rank 0 never logged 4
+
+
+def test_the_failure_named_is_the_cause_not_a_peer_that_lost_it():
+    """Rank 1 dies; rank 0's next all-reduce fails within the same second (error files stamp whole seconds)
+    with gloo's "Connection reset by peer": the message names rank 1 and its error, whichever the launcher
+    lists first (a clean-clone run named rank 0's echo before this rule)."""
+    def failure(pid, message, timestamp=1796246753):
+        return SimpleNamespace(pid=pid, exitcode=1, timestamp=timestamp, message={"message": message})
+
+    echo = failure(10, "RuntimeError: [gloo/transport/tcp/pair.cc:537] Read error [127.0.0.1]:45767: "
+                       "Connection reset by peer. This is typically caused by a remote worker hanging")
+    cause = failure(11, "Traceback ...\nOSError: rank 1 lost its data at read 5")
+    for failures in ({0: echo, 1: cause}, {1: cause, 0: echo}):
+        text = describe_failure(SimpleNamespace(failures=failures))
+        assert text.startswith("rank 1 (pid 11) failed with exit code 1") and text.endswith(
+            "OSError: rank 1 lost its data at read 5"), text
+    # two real causes: the earlier one, then the lower rank
+    later = failure(12, "ValueError: late", timestamp=1796246754)
+    assert describe_failure(SimpleNamespace(failures={0: later, 1: cause})).startswith("rank 1 (pid 11)")
 
 
 def test_a_second_process_on_a_run_directory_is_refused_at_once_and_nothing_is_overwritten(tmp_path):
