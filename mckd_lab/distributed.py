@@ -25,9 +25,11 @@ import multiprocessing
 import os
 import re
 import sys
+import tempfile
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -168,6 +170,7 @@ def launch(nproc: int, entrypoint: Callable | str, args: Sequence[Any] = (), *, 
     --standalone --nproc_per_node nproc`` does (a fresh rendezvous on a free port, no restarts: a rank that
     fails stops the others). Returns each rank's return value (None for programs). A failed rank raises
     ``DistributedRunFailed`` naming it, its exit code and its error."""
+    from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
@@ -182,10 +185,26 @@ def launch(nproc: int, entrypoint: Callable | str, args: Sequence[Any] = (), *, 
         multiprocessing.get_context("forkserver").set_forkserver_preload(
             sorted({"mckd_lab.train", entrypoint.__module__} - {"__main__"}))
         entrypoint, args = _recorded, (entrypoint, *args)
-    try:
-        return elastic_launch(config, entrypoint)(*args)
-    except ChildFailedError as err:
-        raise DistributedRunFailed(describe_failure(err)) from None
+    with tempfile.TemporaryDirectory(prefix="mckd-launch-") as logs:  # each rank's error file lands here
+        config.logs_specs = DefaultLogsSpecs(log_dir=logs)
+        try:
+            return elastic_launch(config, entrypoint)(*args)
+        except ChildFailedError as err:
+            raise DistributedRunFailed(describe_failure(_all_failures(err, Path(logs)))) from None
+
+
+def _all_failures(err, logs: Path) -> dict:
+    """Every rank that wrote an error file, with the launcher's failures: the launcher reports the first rank
+    it saw exit, which can be a rank whose collective failed because the real culprit had died (one node:
+    local rank = rank)."""
+    from torch.distributed.elastic.multiprocessing.errors import ProcessFailure
+
+    failures = dict(err.failures)
+    for path in logs.glob("*/attempt_*/*/error.json"):
+        rank = int(path.parent.name)
+        if rank not in failures:
+            failures[rank] = ProcessFailure(local_rank=rank, pid=0, exitcode=1, error_file=str(path))
+    return failures
 
 
 # What a rank's collective raises when a peer died: an echo of another rank's failure, not a cause
@@ -193,14 +212,15 @@ PEER_LOST = re.compile(r"Connection (reset|closed) by peer|Broken pipe|NCCL comm
                        r"remote process exited or there was a network error", re.I)  # fmt: skip
 
 
-def describe_failure(err) -> str:
-    """One paragraph for a ``ChildFailedError``: the rank whose failure caused the others, its exit code and
-    error. When a rank dies, the others fail in their next collective within the same second (the error files'
-    timestamps are whole seconds), so the cause is the earliest failure that is not a lost peer."""
-    rank, failure = min(err.failures.items(),
+def describe_failure(failures: dict) -> str:
+    """One paragraph for failed ranks ({rank: ``ProcessFailure``}): the rank whose failure caused the others,
+    its exit code and error. When a rank dies, the others fail in their next collective within the same second
+    (the error files' timestamps are whole seconds), so the cause is the earliest failure not of a lost peer."""
+    rank, failure = min(failures.items(),
                         key=lambda kv: (bool(PEER_LOST.search(_error_text(kv[1]))), kv[1].timestamp, kv[0]))  # fmt: skip
     error = _error_text(failure) or "printed in that rank's output above"
-    return (f"rank {rank} (pid {failure.pid}) failed with exit code {failure.exitcode}; the launcher stopped "
+    pid = f" (pid {failure.pid})" if failure.pid else ""  # 0: known from its error file only
+    return (f"rank {rank}{pid} failed with exit code {failure.exitcode}; the launcher stopped "
             f"the other ranks. Its error: {error}")  # fmt: skip
 
 
