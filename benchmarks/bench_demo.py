@@ -2,7 +2,7 @@
 
 Runs ``python -m mckd_lab.cli demo --out <fresh folder>`` in a subprocess (phantoms generated, MCKD trained,
 the 15-subset table evaluated: the whole command, start-up included) and reads back what it printed: the
-training and evaluation seconds and the full-modality Dice (ET, TC, WT, on the demo's held-out test
+training and evaluation seconds, the command's peak resident memory (the largest child's ``ru_maxrss``) and the full-modality Dice (ET, TC, WT, on the demo's held-out test
 phantoms). ``--checkout DIR`` runs another checkout's package instead (``PYTHONPATH=DIR``, e.g. the code
 before an optimisation, with this environment), ``--label`` names the row. Goals (issue 14): wall time
 <= 0.4 x the code before, with all four sequences Dice ET >= 55, TC >= 85, WT >= 88. Rows are appended to
@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import subprocess
 import sys
 import tempfile
@@ -45,6 +46,7 @@ def run_demo(checkout: Path | None, threads: int, extra: list[str]) -> dict:
     dice = dict(re.findall(r"(ET|TC|WT) ([\d.]+)", text.split("all modalities: Dice", 1)[1].splitlines()[0]))
     trained, evaluated = re.search(r"trained in (\d+) s, evaluated in (\d+) s", text).groups()
     return {"wall_s": round(wall, 1), "trained_s": int(trained), "evaluated_s": int(evaluated),
+            "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024),
             "dice_all_four": {k: float(v) for k, v in dice.items()},
             "quality_goal_met": all(float(dice[k]) >= v for k, v in GOAL.items()),
             "warnings": [ln for ln in out.stderr.splitlines() if ln.startswith("warning:")]}  # fmt: skip
