@@ -18,10 +18,10 @@ from mckd_lab.runs import evaluate_run, render_table
 from mckd_lab.tasks import validate_config
 
 # Fewer, better iterations (issue 14): 600 instead of 1,500 under the two-stage schedule, crops centred on
-# the tumour 3 times in 4 (0.5 before), a meta round every 25 iterations (24 rounds; 30 before). Measured on
-# the demo's test phantoms, all four sequences, seed 999: Dice ET 54.1 / TC 85.7 / WT 89.6 against 54.3 / 87.6 /
-# 90.1 for the 1,500-iteration recipe, in an estimated 0.47 of its time (per-iteration costs measured, the
-# whole demo not timed side by side: benchmarks/README.md, "Demo").
+# the tumour 3 times in 4 (0.5 before), a meta round every 25 iterations (24 rounds; 30 before). The whole
+# command timed side by side with the code before (benchmarks/bench_demo.py, results/demo.json): 0.50 of its
+# wall time, all four sequences Dice ET 54.2 / TC 85.7 / WT 89.8 against 56.7 / 86.3 / 89.4 on the demo's 8
+# test phantoms (benchmarks/README.md, "Demo").
 DEMO = {
     "data.phantom_cases": 32,
     "data.phantom_size": 48,
