@@ -8,12 +8,18 @@ DEMO_OUT   ?= runs/demo
 
 .PHONY: setup demo test lint browser slurm nbval clean-notebooks
 
-# torch first (the pinned CPU build; override with TORCH_SPEC=...), then the package with its test extra.
-$(VENV)/.installed: pyproject.toml
+# torch first (the pinned CPU build; override with TORCH_SPEC=...), then the package with its test extra, every
+# runtime dependency at the version last tested: binder/requirements.txt (binder/pin_requirements.py writes it
+# from a tested environment) is the constraints file, less its index line and torch, so a clean clone installs
+# what passed rather than whatever the index released since (tests/test_binder.py checks the two agree). To
+# move to newer versions: upgrade them in .venv, pass the tests, run binder/pin_requirements.py.
+CONSTRAINTS := $(VENV)/constraints.txt
+$(VENV)/.installed: pyproject.toml binder/requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
-	$(PY) -m pip install --quiet -e '.[test]'
+	grep -v -e '^--' -e '^torch==' binder/requirements.txt > $(CONSTRAINTS)
+	$(PY) -m pip install --quiet -c $(CONSTRAINTS) -e '.[test]'
 	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (mckd-lab)"
 	touch $@
 
