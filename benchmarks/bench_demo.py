@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from machine import finish, machine
+from machine import append_row, finish, machine
 
 RESULTS = Path(__file__).parent / "results" / "demo.json"
 GOAL = {"ET": 55, "TC": 85, "WT": 88}
@@ -65,13 +65,8 @@ def main() -> None:
     row |= run_demo(args.checkout, args.threads, args.demo_args)
     row["machine"] = finish(info) | {"torch_threads": args.threads}
     print(json.dumps(row, indent=2))
-    old = json.loads(args.out.read_text()) if args.out.exists() else {}
-    result = {"benchmark": "mckd-lab demo: whole command wall time and full-modality Dice", "goal":
-              "<= 0.4 x the time before issue 14; Dice ET >= 55, TC >= 85, WT >= 88", "rows": old.get("rows", [])}  # fmt: skip
-    result["rows"].append(row)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    append_row(args.out, "mckd-lab demo: whole command wall time and full-modality Dice",
+               "<= 0.4 x the time before issue 14; Dice ET >= 55, TC >= 85, WT >= 88")
 
 
 if __name__ == "__main__":

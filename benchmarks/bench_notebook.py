@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 import nbformat
-from machine import finish, machine
+from machine import append_row, finish, machine
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).parent / "results" / "notebooks.json"
@@ -65,13 +65,8 @@ def main() -> None:
     row |= run_notebook(args.notebook, args.checkout, args.threads)
     row["machine"] = finish(info)
     print(json.dumps(row, indent=2))
-    old = json.loads(args.out.read_text()) if args.out.exists() else {}
-    result = {"benchmark": "a tutorial with its defaults under papermill: wall time and slow cells", "goal":
-              "notebook 01 <= 0.3 x the time before issue 14 and <= 90 s on a 2-core AVX2 EPYC", "rows": old.get("rows", [])}  # fmt: skip
-    result["rows"].append(row)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    append_row(args.out, "a tutorial with its defaults under papermill: wall time and slow cells",
+               "notebook 01 <= 0.3 x the time before issue 14 and <= 90 s on a 2-core AVX2 EPYC")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import resource
@@ -85,6 +86,15 @@ def finish(info: dict) -> dict:
     load = os.getloadavg()
     return info | {"load_average_after_1min": load[0], "load_average_after": list(load),
                    "torch_threads": torch.get_num_threads()}  # fmt: skip
+
+
+def append_row(path: Path, benchmark: str, goal: str, row: dict) -> None:
+    """Add ``row`` to the results file ``path`` (``{"benchmark", "goal", "rows"}``), keeping the rows before it."""
+    old = json.loads(path.read_text()) if path.exists() else {}
+    result = {"benchmark": benchmark, "goal": goal, "rows": [*old.get("rows", []), row]}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {path}")
 
 
 def peak_rss_mib() -> float:
