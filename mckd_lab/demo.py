@@ -19,8 +19,8 @@ from mckd_lab.tasks import validate_config
 
 # Fewer, better iterations (issue 14): 600 instead of 1,500 under the two-stage schedule, crops centred on
 # the tumour 3 times in 4 (0.5 before), a meta round every 25 iterations (24 rounds; 30 before). The whole
-# command timed side by side with the code before (benchmarks/bench_demo.py, results/demo.json): 0.50 of its
-# wall time, all four sequences Dice ET 54.2 / TC 85.7 / WT 89.8 against 56.7 / 86.3 / 89.4 on the demo's 8
+# command timed side by side with the code before (benchmarks/bench_demo.py, results/demo.json): 0.46-0.50 of its
+# wall time (two 2-core EPYCs), all four sequences Dice ET 54.2 / TC 85.7 / WT 89.8 against 56.7 / 86.3 / 89.4 on the demo's 8
 # test phantoms (benchmarks/README.md, "Demo").
 DEMO = {
     "data.phantom_cases": 32,
